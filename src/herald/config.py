@@ -1,0 +1,433 @@
+"""Settings: read once at start from a TOML file and ``HERALD_<KEY>`` environment overrides.
+
+The result is one immutable :class:`Settings` object that is passed down; nothing in herald reads the
+environment after start. A bad value raises :class:`ConfigError` whose message names the key, the value and
+what is allowed, so the CLI can stop with one clear line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+__all__ = ["AsyncEmails", "ConfigError", "Settings", "load_settings", "parse_async_emails"]
+
+ENV_PREFIX = "HERALD_"
+CONFIG_ENV = "HERALD_CONFIG"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+SMTP_SECURITY = ("none", "starttls", "tls")
+QUEUE_BACKENDS = ("redis", "sql")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, malformed or out of range."""
+
+
+@dataclass(frozen=True)
+class AsyncEmails:
+    """Which projects send their notifications through the backend workers.
+
+    ``all`` wins over ``projects``; neither means every project notifies inline.
+    """
+
+    all: bool = False
+    projects: frozenset[int] = frozenset()
+
+    def applies_to(self, project_id: int) -> bool:
+        return self.all or project_id in self.projects
+
+    @property
+    def enabled(self) -> bool:
+        return self.all or bool(self.projects)
+
+    def __str__(self) -> str:
+        if self.all:
+            return "all"
+        if self.projects:
+            return ",".join(str(p) for p in sorted(self.projects))
+        return "false"
+
+
+def parse_async_emails(value: object) -> AsyncEmails:
+    """Parse ``async_emails``: ``false``, ``"all"`` or ``"X,Y,Z"`` (project ids), nothing else.
+
+    Values such as ``"0"``, ``"yes"``, ``"1,a"`` or ``"1,,2"`` are errors rather than a guess, because a
+    wrong guess either floods the request path with mail or silently moves projects to the workers.
+    """
+    allowed = 'false, "all" or a comma-separated list of project ids such as "101,102"'
+    if value is False:
+        return AsyncEmails()
+    if not isinstance(value, str):
+        raise ConfigError(f"async_emails = {value!r} is not allowed: use {allowed}")
+    text = value.strip()
+    if text.lower() == "false":
+        return AsyncEmails()
+    if text == "all":
+        return AsyncEmails(all=True)
+    parts = text.split(",")
+    ids: set[int] = set()
+    for part in parts:
+        part = part.strip()
+        if not part.isascii() or not part.isdigit() or int(part) <= 0:
+            raise ConfigError(f"async_emails = {value!r} is not allowed: use {allowed}")
+        ids.add(int(part))
+    return AsyncEmails(projects=frozenset(ids))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting herald reads, validated. Build it with :func:`load_settings`."""
+
+    data_dir: Path = Path("./var")
+    database_url: str = ""
+    base_url: str = "http://127.0.0.1:8080"
+    admin_token: str | None = field(default=None, repr=False)
+    mail_domain: str = ""
+    mail_from_name: str = "herald"
+    smtp_host: str | None = None
+    smtp_port: int = 0
+    smtp_user: str | None = None
+    smtp_password: str | None = field(default=None, repr=False)
+    smtp_security: str = "none"
+    smtp_timeout: float = 30.0
+    async_emails: AsyncEmails = AsyncEmails()
+    nb_backend_workers: int = 2
+    queue_backend: str = ""
+    redis_server: str | None = None
+    redis_port: int = 6379
+    redis_user: str | None = None
+    redis_password: str | None = field(default=None, repr=False)
+    redis_url: str | None = field(default=None, repr=False)
+    redis_tls: bool = False
+    redis_namespace: str = "herald"
+    logger_level: str = "info"
+    log_dir: Path = Path()
+    stale_after_seconds: int = 120
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    job_max_attempts: int = 10
+    lease_seconds: float = 30.0
+    retry_base_seconds: float = 2.0
+    retry_max_seconds: float = 600.0
+    delivery_max_attempts: int = 8
+    worker_grace_seconds: float = 30.0
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "herald.db"
+
+    @property
+    def redis_configured(self) -> bool:
+        return bool(self.redis_server or self.redis_url)
+
+    @property
+    def mailbox_dir(self) -> Path:
+        return self.data_dir / "mailbox"
+
+    def redis_connection_url(self) -> str | None:
+        """The URL redis-py should connect to, with credentials; never log it."""
+        if self.redis_url:
+            return self.redis_url
+        if not self.redis_server:
+            return None
+        scheme = "rediss" if self.redis_tls else "redis"
+        auth = ""
+        if self.redis_password:
+            from urllib.parse import quote
+
+            user = quote(self.redis_user or "", safe="")
+            auth = f"{user}:{quote(self.redis_password, safe='')}@"
+        return f"{scheme}://{auth}{self.redis_server}:{self.redis_port}/0"
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as plain values with every secret masked: safe for logs and ``herald doctor``."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in _SECRET_KEYS and value:
+                value = "********"
+            elif f.name == "database_url":
+                value = _redact_url(value)
+            elif isinstance(value, Path | AsyncEmails):
+                value = str(value)
+            out[f.name] = value
+        return out
+
+
+_SECRET_KEYS = frozenset({"admin_token", "smtp_password", "redis_password", "redis_url"})
+
+
+def _redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":********@")
+    return parts._replace(netloc=netloc).geturl()
+
+
+# --- parsing -------------------------------------------------------------------------------------------
+
+
+def _as_str(key: str, value: object) -> str:
+    if isinstance(value, str):
+        return value
+    raise ConfigError(f"{key} = {value!r} is not allowed: expected a string")
+
+
+def _as_opt_str(key: str, value: object) -> str | None:
+    text = _as_str(key, value).strip()
+    return text or None
+
+
+def _as_int(lo: int, hi: int) -> Callable[[str, object], int]:
+    def parse(key: str, value: object) -> int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} = {value!r} is not allowed: expected a whole number from {lo} to {hi}")
+        if isinstance(value, str):
+            text = value.strip()
+            if not (text.isascii() and text.lstrip("-").isdigit()):
+                raise ConfigError(
+                    f"{key} = {value!r} is not allowed: expected a whole number from {lo} to {hi}"
+                )
+            value = int(text)
+        if not isinstance(value, int) or not lo <= value <= hi:
+            raise ConfigError(f"{key} = {value!r} is not allowed: expected a whole number from {lo} to {hi}")
+        return value
+
+    return parse
+
+
+def _as_float(lo: float, hi: float) -> Callable[[str, object], float]:
+    def parse(key: str, value: object) -> float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} = {value!r} is not allowed: expected a number from {lo} to {hi}")
+        if isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise ConfigError(
+                    f"{key} = {value!r} is not allowed: expected a number from {lo} to {hi}"
+                ) from None
+        if not isinstance(value, int | float) or not lo <= value <= hi:
+            raise ConfigError(f"{key} = {value!r} is not allowed: expected a number from {lo} to {hi}")
+        return float(value)
+
+    return parse
+
+
+def _as_bool(key: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ConfigError(f"{key} = {value!r} is not allowed: expected true or false")
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[str, object], str]:
+    def parse(key: str, value: object) -> str:
+        text = _as_str(key, value).strip().lower()
+        if text not in choices:
+            raise ConfigError(f"{key} = {value!r} is not allowed: expected one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+def _as_path(key: str, value: object) -> Path:
+    text = _as_str(key, value).strip()
+    if not text:
+        raise ConfigError(f"{key} = {value!r} is not allowed: expected a directory path")
+    return Path(text)
+
+
+def _as_http_url(key: str, value: object) -> str:
+    text = _as_str(key, value).strip().rstrip("/")
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{key} = {value!r} is not allowed: expected an http:// or https:// URL")
+    return text
+
+
+def _as_database_url(key: str, value: object) -> str:
+    text = _as_str(key, value).strip()
+    scheme = text.split(":", 1)[0].split("+", 1)[0]
+    if "://" not in text or scheme not in ("sqlite", "postgresql", "postgres"):
+        raise ConfigError(
+            f"{key} = {_redact_url(text)!r} is not allowed: expected a sqlite:/// or postgresql:// URL"
+        )
+    if scheme == "postgres":
+        text = "postgresql" + text[len("postgres") :]
+    if text.startswith("postgresql://"):
+        # psycopg 3 is the driver herald installs; plain postgresql:// would look for psycopg2.
+        text = "postgresql+psycopg://" + text[len("postgresql://") :]
+    return text
+
+
+def _as_redis_url(key: str, value: object) -> str | None:
+    text = _as_opt_str(key, value)
+    if text is None:
+        return None
+    if urlsplit(text).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(f"{key} = <hidden> is not allowed: expected a redis://, rediss:// or unix:// URL")
+    return text
+
+
+def _as_domain(key: str, value: object) -> str:
+    text = _as_str(key, value).strip().lower()
+    if text and not all(part and part.replace("-", "").isalnum() for part in text.split(".")):
+        raise ConfigError(f"{key} = {value!r} is not allowed: expected a domain name such as example.org")
+    return text
+
+
+def _as_header_text(key: str, value: object) -> str:
+    text = _as_str(key, value)
+    if any(ch in text for ch in "\r\n\0") or len(text) > 100:
+        raise ConfigError(f"{key} = {value!r} is not allowed: one line of at most 100 characters")
+    return text.strip()
+
+
+def _as_async(key: str, value: object) -> AsyncEmails:
+    return parse_async_emails(value)
+
+
+_PARSERS: dict[str, Callable[[str, object], Any]] = {
+    "data_dir": _as_path,
+    "database_url": _as_database_url,
+    "base_url": _as_http_url,
+    "admin_token": _as_opt_str,
+    "mail_domain": _as_domain,
+    "mail_from_name": _as_header_text,
+    "smtp_host": _as_opt_str,
+    "smtp_port": _as_int(0, 65535),
+    "smtp_user": _as_opt_str,
+    "smtp_password": _as_opt_str,
+    "smtp_security": _one_of(SMTP_SECURITY),
+    "smtp_timeout": _as_float(0.1, 600),
+    "async_emails": _as_async,
+    "nb_backend_workers": _as_int(0, 64),
+    "queue_backend": _one_of(QUEUE_BACKENDS),
+    "redis_server": _as_opt_str,
+    "redis_port": _as_int(1, 65535),
+    "redis_user": _as_opt_str,
+    "redis_password": _as_opt_str,
+    "redis_url": _as_redis_url,
+    "redis_tls": _as_bool,
+    "redis_namespace": _as_header_text,
+    "logger_level": _one_of(LOG_LEVELS),
+    "log_dir": _as_path,
+    "stale_after_seconds": _as_int(1, 7 * 24 * 3600),
+    "http_host": _as_str,
+    "http_port": _as_int(0, 65535),
+    "job_max_attempts": _as_int(1, 1000),
+    "lease_seconds": _as_float(0.5, 3600),
+    "retry_base_seconds": _as_float(0.01, 3600),
+    "retry_max_seconds": _as_float(0.01, 7 * 24 * 3600),
+    "delivery_max_attempts": _as_int(1, 1000),
+    "worker_grace_seconds": _as_float(0, 3600),
+}
+
+KEYS: tuple[str, ...] = tuple(_PARSERS)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {str(path)!r} cannot be read: {exc.strerror}") from None
+    # Accept a [herald] table as well as top-level keys, so herald can share a file with other tools.
+    if set(data) == {"herald"} and isinstance(data["herald"], dict):
+        data = data["herald"]
+    return data
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build :class:`Settings` from a TOML file (or ``HERALD_CONFIG``) and ``HERALD_<KEY>`` overrides.
+
+    Environment values win over the file. Unknown keys in either are errors.
+    """
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    if path is None and env.get(CONFIG_ENV):
+        path = env[CONFIG_ENV]
+    if path is not None:
+        for key, value in _read_file(Path(path)).items():
+            if key not in _PARSERS:
+                raise ConfigError(f"unknown key {key!r} in {str(path)!r}; known keys: {', '.join(KEYS)}")
+            raw[key] = value
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        key = name[len(ENV_PREFIX) :].lower()
+        if key not in _PARSERS:
+            raise ConfigError(f"unknown environment variable {name}; known keys: {', '.join(KEYS)}")
+        raw[key] = value
+    values = {key: _PARSERS[key](key, value) for key, value in raw.items()}
+    return _complete(values)
+
+
+def _complete(values: dict[str, Any]) -> Settings:
+    """Fill the defaults that depend on other keys, then check the keys against each other."""
+    data_dir: Path = values.setdefault("data_dir", Path("./var"))
+    values.setdefault("database_url", f"sqlite:///{data_dir / 'herald.db'}")
+    values.setdefault("log_dir", data_dir / "log")
+    base_url = values.setdefault("base_url", "http://127.0.0.1:8080")
+    if not values.get("mail_domain"):
+        values["mail_domain"] = urlsplit(base_url).hostname or "localhost"
+    security = values.get("smtp_security", "none")
+    if not values.get("smtp_port"):
+        values["smtp_port"] = {"none": 25, "starttls": 587, "tls": 465}[security]
+    redis_configured = bool(values.get("redis_server") or values.get("redis_url"))
+    backend = values.get("queue_backend") or ("redis" if redis_configured else "sql")
+    if backend == "redis" and not redis_configured:
+        raise ConfigError("queue_backend = 'redis' needs redis_server or redis_url")
+    values["queue_backend"] = backend
+    if values.get("redis_user") and not values.get("redis_password"):
+        raise ConfigError("redis_user is set without redis_password: an ACL user needs its password")
+    if backend == "redis":
+        _check_redis_password(values)
+    if values.get("smtp_user") and not values.get("smtp_password"):
+        raise ConfigError("smtp_user is set without smtp_password")
+    retry_base = values.get("retry_base_seconds", 2.0)
+    if values.get("retry_max_seconds", 600.0) < retry_base:
+        raise ConfigError("retry_max_seconds must not be smaller than retry_base_seconds")
+    return Settings(**values)
+
+
+def _check_redis_password(values: dict[str, Any]) -> None:
+    """A Redis reachable from the network must require a password; loopback may go without."""
+    if values.get("redis_url"):
+        parts = urlsplit(values["redis_url"])
+        host, has_password = parts.hostname or "", bool(parts.password)
+        if parts.scheme == "unix":
+            return
+    else:
+        host, has_password = values["redis_server"], bool(values.get("redis_password"))
+    if not has_password and not _is_loopback(host):
+        raise ConfigError(
+            f"redis server {host!r} is not on loopback: set redis_password (or a password in redis_url); "
+            "a Redis reachable from the network must require one"
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

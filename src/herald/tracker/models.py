@@ -1,0 +1,339 @@
+"""The tracker schema: users, projects, trackers and their fields, artifacts, changesets, subscriptions,
+and the notification outbox and delivery ledger that are written in the same transaction as a change."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+def _enum(cls: type[enum.Enum]) -> Enum:
+    # Store the value, not the member name, and as a plain string so adding a member needs no DB type change.
+    return Enum(cls, native_enum=False, values_callable=lambda e: [m.value for m in e], length=32)
+
+
+class Language(enum.StrEnum):
+    EN = "en"
+    FR = "fr"
+
+
+class MailFormat(enum.StrEnum):
+    HTML = "html"
+    TEXT = "text"
+
+
+class UserStatus(enum.StrEnum):
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+
+
+class Role(enum.StrEnum):
+    MEMBER = "member"
+    ADMIN = "admin"
+
+
+class FieldType(enum.StrEnum):
+    STRING = "string"
+    TEXT = "text"
+    INT = "int"
+    FLOAT = "float"
+    DATE = "date"
+    SELECT = "select"
+    USER = "user"
+    USERS = "users"
+
+
+class ReadPermission(enum.StrEnum):
+    ALL = "all"
+    MEMBERS = "members"
+    ADMINS = "admins"
+
+
+class NotificationMode(enum.StrEnum):
+    ALL_UPDATES = "all_updates"
+    CREATION_ONLY = "creation_only"
+    STATUS_CHANGE_ONLY = "status_change_only"
+    STOPPED = "stopped"
+
+
+class SubscriptionState(enum.StrEnum):
+    FOLLOWING = "following"
+    UNSUBSCRIBED = "unsubscribed"
+
+
+class DispatchMode(enum.StrEnum):
+    INLINE = "inline"
+    ASYNC = "async"
+
+
+class NotificationState(enum.StrEnum):
+    PENDING = "pending"  # committed, not yet handed to a worker or run inline
+    QUEUED = "queued"  # pushed to the queue
+    RUNNING = "running"
+    DONE = "done"  # every recipient sent or failed for good
+    RETRYING = "retrying"
+    DEAD = "dead"
+
+
+class DeliveryStatus(enum.StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    RETRYING = "retrying"
+    FAILED = "failed"  # permanent failure, reply recorded
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    real_name: Mapped[str] = mapped_column(String(200), default="")
+    email: Mapped[str] = mapped_column(String(254))
+    language: Mapped[Language] = mapped_column(_enum(Language), default=Language.EN)
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    mail_format: Mapped[MailFormat] = mapped_column(_enum(MailFormat), default=MailFormat.HTML)
+    notify_own_changes: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[UserStatus] = mapped_column(_enum(UserStatus), default=UserStatus.ACTIVE)
+    # Only a SHA-256 of the token is kept: a leaked database must not hand out working credentials.
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    @property
+    def active(self) -> bool:
+        return self.status is UserStatus.ACTIVE
+
+
+class Project(Base):
+    __tablename__ = "projects"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    label: Mapped[str] = mapped_column(String(200), default="")
+    public: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    memberships: Mapped[list[Membership]] = relationship(
+        back_populates="project", cascade="all, delete-orphan", lazy="selectin"
+    )
+
+    def role_of(self, user_id: int) -> Role | None:
+        for m in self.memberships:
+            if m.user_id == user_id:
+                return m.role
+        return None
+
+
+class Membership(Base):
+    __tablename__ = "memberships"
+
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    role: Mapped[Role] = mapped_column(_enum(Role), default=Role.MEMBER)
+
+    project: Mapped[Project] = relationship(back_populates="memberships")
+
+
+class Tracker(Base):
+    __tablename__ = "trackers"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    item_name: Mapped[str] = mapped_column(String(32))
+    notification_mode: Mapped[NotificationMode] = mapped_column(
+        _enum(NotificationMode), default=NotificationMode.ALL_UPDATES
+    )
+    # Semantics: which fields carry meaning. The notifier reads these, never field names.
+    title_field_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    status_field_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    assigned_to_field_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    open_values: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    project: Mapped[Project] = relationship(lazy="joined")
+    fields: Mapped[list[Field]] = relationship(
+        back_populates="tracker", cascade="all, delete-orphan", order_by="Field.position", lazy="selectin"
+    )
+    global_lists: Mapped[list[GlobalNotification]] = relationship(
+        back_populates="tracker", cascade="all, delete-orphan", lazy="selectin"
+    )
+
+    def field_by_id(self, field_id: int) -> Field | None:
+        return next((f for f in self.fields if f.id == field_id), None)
+
+    def field_by_name(self, name: str) -> Field | None:
+        return next((f for f in self.fields if f.name == name), None)
+
+
+class Field(Base):
+    __tablename__ = "fields"
+    __table_args__ = (UniqueConstraint("tracker_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tracker_id: Mapped[int] = mapped_column(ForeignKey("trackers.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    label: Mapped[str] = mapped_column(String(200))
+    type: Mapped[FieldType] = mapped_column(_enum(FieldType))
+    required: Mapped[bool] = mapped_column(Boolean, default=False)
+    read_permission: Mapped[ReadPermission] = mapped_column(_enum(ReadPermission), default=ReadPermission.ALL)
+    notify: Mapped[bool] = mapped_column(Boolean, default=False)
+    options: Mapped[list[str]] = mapped_column(JSON, default=list)
+    position: Mapped[int] = mapped_column(Integer, default=0)
+
+    tracker: Mapped[Tracker] = relationship(back_populates="fields")
+
+
+class GlobalNotification(Base):
+    """A tracker-wide list: addresses and users told of every creation (and of updates if ``on_updates``)."""
+
+    __tablename__ = "global_notifications"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tracker_id: Mapped[int] = mapped_column(ForeignKey("trackers.id", ondelete="CASCADE"), index=True)
+    addresses: Mapped[list[str]] = mapped_column(JSON, default=list)
+    user_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
+    on_updates: Mapped[bool] = mapped_column(Boolean, default=True)
+    check_permissions: Mapped[bool] = mapped_column(Boolean, default=True)
+
+    tracker: Mapped[Tracker] = relationship(back_populates="global_lists")
+
+
+class Artifact(Base):
+    __tablename__ = "artifacts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tracker_id: Mapped[int] = mapped_column(ForeignKey("trackers.id", ondelete="CASCADE"), index=True)
+    submitted_by: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    submitted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Bumped by every changeset; lets a client detect that someone else changed the artifact meanwhile.
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    # Current values keyed by str(field id); JSON keys are strings in every backend.
+    values: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+    tracker: Mapped[Tracker] = relationship(lazy="joined")
+    changesets: Mapped[list[Changeset]] = relationship(
+        back_populates="artifact", order_by="Changeset.id", cascade="all, delete-orphan"
+    )
+
+    def value_of(self, field_id: int | None) -> Any:
+        return None if field_id is None else self.values.get(str(field_id))
+
+
+class Changeset(Base):
+    __tablename__ = "changesets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    artifact_id: Mapped[int] = mapped_column(ForeignKey("artifacts.id", ondelete="CASCADE"), index=True)
+    author_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    is_creation: Mapped[bool] = mapped_column(Boolean, default=False)
+    comment: Mapped[str | None] = mapped_column(Text, nullable=True)
+    comment_private: Mapped[bool] = mapped_column(Boolean, default=False)
+    mentioned_user_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
+
+    artifact: Mapped[Artifact] = relationship(back_populates="changesets")
+    changes: Mapped[list[FieldChange]] = relationship(
+        back_populates="changeset", cascade="all, delete-orphan", lazy="selectin", order_by="FieldChange.id"
+    )
+
+
+class FieldChange(Base):
+    __tablename__ = "field_changes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    changeset_id: Mapped[int] = mapped_column(ForeignKey("changesets.id", ondelete="CASCADE"), index=True)
+    field_id: Mapped[int] = mapped_column(ForeignKey("fields.id", ondelete="CASCADE"))
+    old_value: Mapped[Any] = mapped_column(JSON, nullable=True)
+    new_value: Mapped[Any] = mapped_column(JSON, nullable=True)
+
+    changeset: Mapped[Changeset] = relationship(back_populates="changes")
+
+
+class ArtifactSubscription(Base):
+    __tablename__ = "artifact_subscriptions"
+
+    artifact_id: Mapped[int] = mapped_column(ForeignKey("artifacts.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    state: Mapped[SubscriptionState] = mapped_column(_enum(SubscriptionState))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class TrackerUnsubscription(Base):
+    __tablename__ = "tracker_unsubscriptions"
+
+    tracker_id: Mapped[int] = mapped_column(ForeignKey("trackers.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Notification(Base):
+    """The outbox row, committed with its changeset: the source of truth that a notification is owed."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (Index("ix_notifications_state", "state"),)
+
+    changeset_id: Mapped[int] = mapped_column(
+        ForeignKey("changesets.id", ondelete="CASCADE"), primary_key=True
+    )
+    mode: Mapped[DispatchMode] = mapped_column(_enum(DispatchMode))
+    state: Mapped[NotificationState] = mapped_column(
+        _enum(NotificationState), default=NotificationState.PENDING
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    deliveries: Mapped[list[Delivery]] = relationship(
+        cascade="all, delete-orphan", lazy="selectin", order_by="Delivery.id"
+    )
+
+
+class Delivery(Base):
+    """One (changeset, recipient) outcome: the ledger that keeps a retry from mailing anyone twice."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (UniqueConstraint("changeset_id", "address"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    changeset_id: Mapped[int] = mapped_column(
+        ForeignKey("notifications.changeset_id", ondelete="CASCADE"), index=True
+    )
+    address: Mapped[str] = mapped_column(String(254))
+    user_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    reason: Mapped[str] = mapped_column(String(32))
+    status: Mapped[DeliveryStatus] = mapped_column(_enum(DeliveryStatus), default=DeliveryStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    message_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    last_reply: Mapped[str | None] = mapped_column(Text, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

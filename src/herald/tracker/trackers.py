@@ -1,0 +1,171 @@
+"""Tracker services: a tracker's fields, semantics and notification settings, validated as one spec."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from herald.tracker import validate
+from herald.tracker.errors import Conflict, InvalidInput, NotFound
+from herald.tracker.models import (
+    Field,
+    FieldType,
+    GlobalNotification,
+    NotificationMode,
+    ReadPermission,
+    Tracker,
+)
+from herald.tracker.projects import get_project
+from herald.tracker.users import resolve_user
+
+__all__ = ["create_tracker", "get_tracker", "set_notifications"]
+
+MAX_FIELDS = 100
+MAX_OPTIONS = 200
+MAX_LIST_ENTRIES = 500
+_SPEC_KEYS = {"project_id", "name", "item_name", "fields", "semantics", "notifications"}
+_FIELD_KEYS = {"name", "label", "type", "required", "read_permission", "notify", "options"}
+_SEMANTIC_KEYS = {"title", "status", "open_values", "assigned_to"}
+_NOTIF_KEYS = {"mode", "lists"}
+_LIST_KEYS = {"addresses", "users", "on_updates", "check_permissions"}
+
+
+def create_tracker(session: Session, spec: Any) -> Tracker:
+    """Create a tracker from a spec (the JSON body of ``POST /api/trackers``, documented in docs/api.md)."""
+    spec = validate.mapping(spec, "tracker", _SPEC_KEYS, {"project_id", "name", "fields"})
+    project = get_project(session, validate.positive_id(spec["project_id"], "project_id"))
+    name = validate.name(spec["name"], "name")
+    if session.scalar(select(Tracker.id).where(Tracker.project_id == project.id, Tracker.name == name)):
+        raise Conflict(f"project {project.name!r} already has a tracker named {name!r}")
+    item_name = validate.name(spec.get("item_name", name.rstrip("s") or name), "item_name")
+    tracker = Tracker(project_id=project.id, name=name, item_name=item_name[:32], open_values=[])
+    tracker.notification_mode = NotificationMode.ALL_UPDATES
+    tracker.fields = _fields(spec["fields"])
+    session.add(tracker)
+    session.flush()
+    _semantics(tracker, spec.get("semantics", {}))
+    set_notifications(session, tracker, spec.get("notifications", {}))
+    session.flush()
+    return tracker
+
+
+def _fields(raw: Any) -> list[Field]:
+    if not isinstance(raw, list) or not 0 < len(raw) <= MAX_FIELDS:
+        raise InvalidInput(f"fields must be a list of 1 to {MAX_FIELDS} field definitions", "fields")
+    fields: list[Field] = []
+    seen: set[str] = set()
+    for i, item in enumerate(raw):
+        where = f"fields[{i}]"
+        item = validate.mapping(item, where, _FIELD_KEYS, {"name", "type"})
+        fname = validate.name(item["name"], f"{where}.name")
+        if fname in seen:
+            raise InvalidInput(f"{where}.name {fname!r} is used twice", f"{where}.name")
+        seen.add(fname)
+        ftype = FieldType(validate.choice(item["type"], f"{where}.type", tuple(FieldType)))
+        perm = validate.choice(
+            item.get("read_permission", "all"), f"{where}.read_permission", tuple(ReadPermission)
+        )
+        notify = validate.boolean(item.get("notify", False), f"{where}.notify")
+        if notify and ftype not in (FieldType.USER, FieldType.USERS):
+            raise InvalidInput(f"{where}.notify applies to user and users fields only", f"{where}.notify")
+        options = _options(item.get("options"), ftype, where)
+        fields.append(
+            Field(
+                name=fname,
+                label=validate.line(
+                    item.get("label", fname.replace("_", " ").capitalize()), f"{where}.label"
+                ),
+                type=ftype,
+                required=validate.boolean(item.get("required", False), f"{where}.required"),
+                read_permission=ReadPermission(perm),
+                notify=notify,
+                options=options,
+                position=i,
+            )
+        )
+    return fields
+
+
+def _options(raw: Any, ftype: FieldType, where: str) -> list[str]:
+    if ftype is not FieldType.SELECT:
+        if raw not in (None, []):
+            raise InvalidInput(f"{where}.options applies to select fields only", f"{where}.options")
+        return []
+    if not isinstance(raw, list) or not 0 < len(raw) <= MAX_OPTIONS:
+        raise InvalidInput(f"{where}.options must list 1 to {MAX_OPTIONS} values", f"{where}.options")
+    options = [validate.line(o, f"{where}.options", max_len=100, allow_empty=False) for o in raw]
+    if len(set(options)) != len(options):
+        raise InvalidInput(f"{where}.options has a value twice", f"{where}.options")
+    return options
+
+
+def _semantics(tracker: Tracker, raw: Any) -> None:
+    raw = validate.mapping(raw, "semantics", _SEMANTIC_KEYS)
+
+    def pick(key: str, types: tuple[FieldType, ...]) -> Field | None:
+        if raw.get(key) is None:
+            return None
+        field = tracker.field_by_name(raw[key]) if isinstance(raw[key], str) else None
+        if field is None:
+            raise InvalidInput(f"semantics.{key} must name one of the tracker's fields", f"semantics.{key}")
+        if field.type not in types:
+            allowed = " or ".join(t.value for t in types)
+            raise InvalidInput(f"semantics.{key} must be a {allowed} field", f"semantics.{key}")
+        return field
+
+    title = pick("title", (FieldType.STRING,))
+    status = pick("status", (FieldType.SELECT,))
+    assigned = pick("assigned_to", (FieldType.USER, FieldType.USERS))
+    tracker.title_field_id = title.id if title else None
+    tracker.status_field_id = status.id if status else None
+    tracker.assigned_to_field_id = assigned.id if assigned else None
+    open_values = raw.get("open_values", status.options[:1] if status else [])
+    if not isinstance(open_values, list) or (status is None and open_values):
+        raise InvalidInput(
+            "semantics.open_values must list values of the status field", "semantics.open_values"
+        )
+    if status is not None and any(v not in status.options for v in open_values):
+        raise InvalidInput(
+            "semantics.open_values must list values of the status field", "semantics.open_values"
+        )
+    tracker.open_values = list(open_values)
+
+
+def set_notifications(session: Session, tracker: Tracker, raw: Any) -> None:
+    """Replace the tracker's notification mode and global lists."""
+    raw = validate.mapping(raw, "notifications", _NOTIF_KEYS)
+    mode = validate.choice(raw.get("mode", "all_updates"), "notifications.mode", tuple(NotificationMode))
+    tracker.notification_mode = NotificationMode(mode)
+    lists_raw = raw.get("lists", [])
+    if not isinstance(lists_raw, list) or len(lists_raw) > 50:
+        raise InvalidInput("notifications.lists must be a list of at most 50 lists", "notifications.lists")
+    lists: list[GlobalNotification] = []
+    for i, item in enumerate(lists_raw):
+        where = f"notifications.lists[{i}]"
+        item = validate.mapping(item, where, _LIST_KEYS)
+        addresses = item.get("addresses", [])
+        users = item.get("users", [])
+        if not isinstance(addresses, list) or not isinstance(users, list):
+            raise InvalidInput(f"{where}.addresses and .users must be lists", where)
+        if len(addresses) + len(users) > MAX_LIST_ENTRIES:
+            raise InvalidInput(f"{where} may hold at most {MAX_LIST_ENTRIES} entries", where)
+        lists.append(
+            GlobalNotification(
+                addresses=sorted({validate.email(a, f"{where}.addresses").lower() for a in addresses}),
+                user_ids=sorted({resolve_user(session, u, f"{where}.users").id for u in users}),
+                on_updates=validate.boolean(item.get("on_updates", True), f"{where}.on_updates"),
+                check_permissions=validate.boolean(
+                    item.get("check_permissions", True), f"{where}.check_permissions"
+                ),
+            )
+        )
+    tracker.global_lists = lists
+
+
+def get_tracker(session: Session, tracker_id: int) -> Tracker:
+    tracker = session.get(Tracker, tracker_id)
+    if tracker is None:
+        raise NotFound(f"tracker {tracker_id} does not exist")
+    return tracker

@@ -1,0 +1,5 @@
+"""Shared fixtures. Each real service has its own plugin module under tests/support/."""
+
+pytest_plugins = [
+    "tests.support.postgres",
+]
