@@ -2,4 +2,6 @@
 
 pytest_plugins = [
     "tests.support.postgres",
+    "tests.support.smtp",
+    "tests.support.tracker",
 ]

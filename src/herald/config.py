@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import secrets
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["AsyncEmails", "ConfigError", "Settings", "load_settings", "parse_async_emails"]
+__all__ = ["AsyncEmails", "ConfigError", "Settings", "ensure_secrets", "load_settings", "parse_async_emails"]
 
 ENV_PREFIX = "HERALD_"
 CONFIG_ENV = "HERALD_CONFIG"
@@ -81,7 +82,7 @@ def parse_async_emails(value: object) -> AsyncEmails:
     return AsyncEmails(projects=frozenset(ids))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Settings:
     """Every setting herald reads, validated. Build it with :func:`load_settings`."""
 
@@ -89,6 +90,7 @@ class Settings:
     database_url: str = ""
     base_url: str = "http://127.0.0.1:8080"
     admin_token: str | None = field(default=None, repr=False)
+    secret_key: str | None = field(default=None, repr=False)
     mail_domain: str = ""
     mail_from_name: str = "herald"
     smtp_host: str | None = None
@@ -146,6 +148,9 @@ class Settings:
             auth = f"{user}:{quote(self.redis_password, safe='')}@"
         return f"{scheme}://{auth}{self.redis_server}:{self.redis_port}/0"
 
+    def __repr__(self) -> str:
+        return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in self.redacted().items()) + ")"
+
     def redacted(self) -> dict[str, Any]:
         """The settings as plain values with every secret masked: safe for logs and ``herald doctor``."""
         out: dict[str, Any] = {}
@@ -161,7 +166,7 @@ class Settings:
         return out
 
 
-_SECRET_KEYS = frozenset({"admin_token", "smtp_password", "redis_password", "redis_url"})
+_SECRET_KEYS = frozenset({"admin_token", "secret_key", "smtp_password", "redis_password", "redis_url"})
 
 
 def _redact_url(url: str) -> str:
@@ -302,6 +307,7 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "database_url": _as_database_url,
     "base_url": _as_http_url,
     "admin_token": _as_opt_str,
+    "secret_key": _as_opt_str,
     "mail_domain": _as_domain,
     "mail_from_name": _as_header_text,
     "smtp_host": _as_opt_str,
@@ -431,3 +437,31 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def _secret_file(path: Path) -> str:
+    """Read a generated secret, creating it (mode 0600) on first start; safe if two processes race."""
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        # Another process (a worker started alongside the web) created it first: use theirs.
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    return token
+
+
+def ensure_secrets(settings: Settings) -> Settings:
+    """Fill ``admin_token`` and ``secret_key`` from ``data_dir`` (generated there on first start)."""
+    changes: dict[str, str] = {}
+    if not settings.admin_token:
+        changes["admin_token"] = _secret_file(settings.data_dir / "admin_token")
+    if not settings.secret_key:
+        changes["secret_key"] = _secret_file(settings.data_dir / "secret_key")
+    return dataclasses.replace(settings, **changes) if changes else settings

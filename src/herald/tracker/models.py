@@ -174,7 +174,7 @@ class Tracker(Base):
     open_values: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
-    project: Mapped[Project] = relationship(lazy="joined")
+    project: Mapped[Project] = relationship(lazy="joined", innerjoin=True)
     fields: Mapped[list[Field]] = relationship(
         back_populates="tracker", cascade="all, delete-orphan", order_by="Field.position", lazy="selectin"
     )
@@ -235,7 +235,7 @@ class Artifact(Base):
     # Current values keyed by str(field id); JSON keys are strings in every backend.
     values: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
-    tracker: Mapped[Tracker] = relationship(lazy="joined")
+    tracker: Mapped[Tracker] = relationship(lazy="joined", innerjoin=True)
     changesets: Mapped[list[Changeset]] = relationship(
         back_populates="artifact", order_by="Changeset.id", cascade="all, delete-orphan"
     )

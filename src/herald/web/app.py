@@ -1,0 +1,51 @@
+"""The application factory. Its lifespan owns the connections (database, queue, mail transport)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from herald.config import Settings
+from herald.tracker.db import Database
+from herald.web import errors
+from herald.web.limits import BodySizeLimit
+from herald.web.routes import admin, artifacts, status
+from herald.web.runtime import Dispatcher, Runtime
+
+DispatcherFactory = Callable[[Settings, Database], Dispatcher]
+
+
+def _default_dispatcher(settings: Settings, db: Database) -> Dispatcher:
+    from herald.worker.dispatch import build_dispatcher
+
+    return build_dispatcher(settings, db)
+
+
+def create_app(settings: Settings, *, dispatcher_factory: DispatcherFactory | None = None) -> FastAPI:
+    """Build the ASGI app. ``settings`` must already carry the admin token (see ``ensure_secrets``)."""
+    factory = dispatcher_factory or _default_dispatcher
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = Database(settings.database_url)
+        runtime = Runtime(settings=settings, db=db, dispatcher=factory(settings, db))
+        app.state.runtime = runtime
+        try:
+            yield
+        finally:
+            runtime.close()
+
+    app = FastAPI(
+        title="herald",
+        summary="Notification backend for issue trackers",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.include_router(admin.router)
+    app.include_router(artifacts.router)
+    app.include_router(status.router)
+    app.add_middleware(BodySizeLimit)
+    return app

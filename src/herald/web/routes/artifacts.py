@@ -1,0 +1,124 @@
+"""Artifacts: created and changed with a user's own token, read filtered by that user's permissions.
+
+The request commits the changeset and its outbox row, then hands the notification to the dispatcher:
+inline delivery for projects not in ``async_emails``, a queue push (ids only) for the others.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
+
+from herald.tracker import subscriptions
+from herald.tracker.artifacts import create_artifact, get_artifact, update_artifact
+from herald.tracker.models import DispatchMode, User
+from herald.web.auth import AnyCaller, Caller
+from herald.web.routes.common import Id, RuntimeDep
+from herald.web.schemas import ArtifactCreate, ArtifactUpdate, SubscriptionChange
+from herald.web.views import artifact_view
+
+router = APIRouter(prefix="/api", tags=["artifacts"])
+
+
+def _answer(runtime: Any, artifact: Any, changeset_id: int, mode: DispatchMode, user: User) -> dict[str, Any]:
+    return {
+        "artifact": artifact_view(artifact, user, with_history=False),
+        "changeset_id": changeset_id,
+        "notification": {"mode": mode.value, "status": f"/api/changesets/{changeset_id}/notification"},
+    }
+
+
+@router.post("/trackers/{tracker_id}/artifacts", status_code=201)
+def post_artifact(
+    tracker_id: Id, body: ArtifactCreate, caller: Caller, runtime: RuntimeDep
+) -> dict[str, Any]:
+    modes: list[DispatchMode] = []
+
+    def mode_for(project_id: int) -> DispatchMode:
+        modes.append(runtime.dispatcher.mode_for(project_id))
+        return modes[-1]
+
+    with runtime.db.session() as s:
+        author = s.merge(caller, load=False)
+        cs = create_artifact(
+            s,
+            tracker_id=tracker_id,
+            author=author,
+            values=body.values,
+            comment=body.comment,
+            comment_private=body.comment_private,
+            mode_for=mode_for,
+        )
+        answer = _answer(runtime, cs.artifact, cs.id, modes[0], author)
+    runtime.dispatcher.after_commit(cs.id, modes[0])
+    return answer
+
+
+@router.patch("/artifacts/{artifact_id}")
+def patch_artifact(
+    artifact_id: Id, body: ArtifactUpdate, caller: Caller, runtime: RuntimeDep
+) -> dict[str, Any]:
+    modes: list[DispatchMode] = []
+
+    def mode_for(project_id: int) -> DispatchMode:
+        modes.append(runtime.dispatcher.mode_for(project_id))
+        return modes[-1]
+
+    with runtime.db.session() as s:
+        author = s.merge(caller, load=False)
+        cs = update_artifact(
+            s,
+            artifact_id=artifact_id,
+            author=author,
+            values=body.values,
+            comment=body.comment,
+            comment_private=body.comment_private,
+            expected_version=body.version,
+            mode_for=mode_for,
+        )
+        answer = _answer(runtime, cs.artifact, cs.id, modes[0], author)
+    runtime.dispatcher.after_commit(cs.id, modes[0])
+    return answer
+
+
+@router.get("/artifacts/{artifact_id}", summary="An artifact and its history, as the caller may see them")
+def read_artifact(artifact_id: Id, caller: AnyCaller, runtime: RuntimeDep) -> dict[str, Any]:
+    with runtime.db.session() as s:
+        viewer = s.merge(caller.user, load=False) if caller.user is not None else None
+        return artifact_view(get_artifact(s, artifact_id, viewer), viewer)
+
+
+@router.put("/artifacts/{artifact_id}/subscription", summary="Follow the artifact, or unsubscribe from it")
+def put_subscription(
+    artifact_id: Id, body: SubscriptionChange, caller: Caller, runtime: RuntimeDep
+) -> dict[str, Any]:
+    with runtime.db.session() as s:
+        user = s.merge(caller, load=False)
+        if body.state == "following":
+            subscriptions.follow(s, artifact_id, user)
+        else:
+            subscriptions.unsubscribe(s, artifact_id, user)
+    return {"artifact_id": artifact_id, "state": body.state}
+
+
+@router.delete(
+    "/artifacts/{artifact_id}/subscription", status_code=204, summary="Back to default notifications"
+)
+def delete_subscription(artifact_id: Id, caller: Caller, runtime: RuntimeDep) -> Response:
+    with runtime.db.session() as s:
+        subscriptions.clear_subscription(s, artifact_id, s.merge(caller, load=False))
+    return Response(status_code=204)
+
+
+@router.put("/trackers/{tracker_id}/subscription", summary="Unsubscribe from (or resubscribe to) a tracker")
+def put_tracker_subscription(
+    tracker_id: Id, body: SubscriptionChange, caller: Caller, runtime: RuntimeDep
+) -> dict[str, Any]:
+    with runtime.db.session() as s:
+        user = s.merge(caller, load=False)
+        if body.state == "unsubscribed":
+            subscriptions.unsubscribe_tracker(s, tracker_id, user)
+        else:
+            subscriptions.resubscribe_tracker(s, tracker_id, user)
+    return {"tracker_id": tracker_id, "state": body.state}

@@ -1,0 +1,36 @@
+"""Health and notification status: what an admin or a monitoring probe reads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from herald.tracker.errors import NotFound
+from herald.tracker.models import Notification
+from herald.web.auth import Admin
+from herald.web.routes.common import Id, RuntimeDep
+from herald.web.views import notification_view
+
+router = APIRouter(tags=["status"])
+
+
+@router.get("/healthz", summary="Liveness and database reachability (no auth)")
+def healthz(runtime: RuntimeDep) -> JSONResponse:
+    try:
+        with runtime.db.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:
+        return JSONResponse({"status": "error", "database": exc.__class__.__name__}, status_code=503)
+    return JSONResponse({"status": "ok", "database": "ok"})
+
+
+@router.get("/api/changesets/{changeset_id}/notification", summary="The job and each recipient's delivery")
+def changeset_notification(changeset_id: Id, _: Admin, runtime: RuntimeDep) -> dict[str, Any]:
+    with runtime.db.session() as s:
+        notification = s.get(Notification, changeset_id)
+        if notification is None:
+            raise NotFound(f"changeset {changeset_id} has no notification")
+        return notification_view(notification)

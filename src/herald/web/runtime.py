@@ -1,0 +1,41 @@
+"""What the web process holds open for its lifetime: settings, the database, and the notification dispatcher.
+
+Built in the app's lifespan (Starlette's recommended place) and reached by routes through ``get_runtime``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from fastapi import Request
+
+from herald.config import Settings
+from herald.tracker.db import Database
+from herald.tracker.models import DispatchMode
+
+
+class Dispatcher(Protocol):
+    """Hands a committed changeset's notification on: inline delivery or a queue push."""
+
+    def mode_for(self, project_id: int) -> DispatchMode: ...
+
+    def after_commit(self, changeset_id: int, mode: DispatchMode) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    db: Database
+    dispatcher: Dispatcher
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def close(self) -> None:
+        self.dispatcher.close()
+        self.db.dispose()
+
+
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
