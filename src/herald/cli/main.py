@@ -58,9 +58,9 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 
 
 def _register() -> None:
-    from herald.cli import data, serve
+    from herald.cli import data, mailbox, serve
 
-    for module in (serve, data):
+    for module in (serve, data, mailbox):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -11,7 +11,7 @@ from herald.config import Settings
 from herald.tracker.db import Database
 from herald.web import errors
 from herald.web.limits import BodySizeLimit
-from herald.web.routes import admin, artifacts, status
+from herald.web.routes import admin, artifacts, mailbox, status, unsubscribe
 from herald.web.runtime import Dispatcher, Runtime
 
 DispatcherFactory = Callable[[Settings, Database], Dispatcher]
@@ -47,5 +47,7 @@ def create_app(settings: Settings, *, dispatcher_factory: DispatcherFactory | No
     app.include_router(admin.router)
     app.include_router(artifacts.router)
     app.include_router(status.router)
+    app.include_router(mailbox.router)
+    app.include_router(unsubscribe.router)
     app.add_middleware(BodySizeLimit)
     return app
