@@ -26,7 +26,7 @@ def pg_url() -> Iterator[str]:
     try:
         with engine.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # noqa: BLE001 - any connection failure means the service is missing
+    except Exception as exc:  # any connection failure means the service is missing
         engine.dispose()
         service_missing(f"PostgreSQL at {ADMIN_URL} unavailable: {exc.__class__.__name__}")
     base = ADMIN_URL.rsplit("/", 1)[0]

@@ -58,9 +58,9 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 
 
 def _register() -> None:
-    from herald.cli import data, mailbox, serve
+    from herald.cli import data, mailbox, ops, serve
 
-    for module in (serve, data, mailbox):
+    for module in (serve, data, mailbox, ops):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -8,10 +8,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from herald.config import Settings
+from herald.queue import make_queue
 from herald.tracker.db import Database
 from herald.web import errors
 from herald.web.limits import BodySizeLimit
-from herald.web.routes import admin, artifacts, mailbox, status, unsubscribe
+from herald.web.routes import admin, artifacts, mailbox, ops, status, unsubscribe
 from herald.web.runtime import Dispatcher, Runtime
 
 DispatcherFactory = Callable[[Settings, Database], Dispatcher]
@@ -30,7 +31,9 @@ def create_app(settings: Settings, *, dispatcher_factory: DispatcherFactory | No
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = Database(settings.database_url)
-        runtime = Runtime(settings=settings, db=db, dispatcher=factory(settings, db))
+        runtime = Runtime(
+            settings=settings, db=db, dispatcher=factory(settings, db), queue=make_queue(settings)
+        )
         app.state.runtime = runtime
         try:
             yield
@@ -49,5 +52,6 @@ def create_app(settings: Settings, *, dispatcher_factory: DispatcherFactory | No
     app.include_router(status.router)
     app.include_router(mailbox.router)
     app.include_router(unsubscribe.router)
+    app.include_router(ops.router)
     app.add_middleware(BodySizeLimit)
     return app

@@ -5,12 +5,14 @@ Built in the app's lifespan (Starlette's recommended place) and reached by route
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
 
 from fastapi import Request
 
 from herald.config import Settings
+from herald.queue import Queue
 from herald.tracker.db import Database
 from herald.tracker.models import DispatchMode
 
@@ -30,10 +32,12 @@ class Runtime:
     settings: Settings
     db: Database
     dispatcher: Dispatcher
-    extras: dict[str, Any] = field(default_factory=dict)
+    queue: Queue
+    live_workers: Callable[[], int] | None = None
 
     def close(self) -> None:
         self.dispatcher.close()
+        self.queue.close()
         self.db.dispose()
 
 

@@ -1,0 +1,56 @@
+"""``herald check`` (Nagios-style verdict) and ``herald doctor`` (installation sanity)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from herald.cli.main import Context, echo_json, pass_ctx
+from herald.ops.check import run_check
+from herald.ops.doctor import diagnose
+from herald.queue import make_queue
+from herald.tracker.db import Database
+
+
+@click.command("check")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def check(ctx: Context, as_json: bool) -> None:
+    """Are notifications flowing? Exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (Nagios plugin style)."""
+    from herald.worker.heartbeat import live_worker_count
+
+    settings = ctx.settings
+    db = Database(settings.database_url)
+    queue = make_queue(settings)
+    try:
+        report = run_check(settings, db, queue, lambda: live_worker_count(settings, db))
+    finally:
+        queue.close()
+        db.dispose()
+    if as_json:
+        echo_json(report.as_dict())
+    else:
+        click.echo(report.summary())
+        for status, message in report.findings:
+            if message not in report.summary():
+                click.echo(f"{status.name}: {message}")
+    sys.exit(int(report.status))
+
+
+@click.command("doctor")
+@pass_ctx
+def doctor(ctx: Context) -> None:
+    """Check the configuration, database, queue (Redis hardening), mail server and directories."""
+    settings = ctx.settings
+    report = diagnose(settings)
+    for line in report.ok:
+        click.echo(f"ok       {line}")
+    for line in report.warnings:
+        click.echo(f"WARNING  {line}")
+    for line in report.errors:
+        click.echo(f"ERROR    {line}")
+    sys.exit(report.exit_code)
+
+
+COMMANDS = [check, doctor]

@@ -1,0 +1,1 @@
+"""Operating herald: the system check, metrics, doctor and notification backlog figures."""

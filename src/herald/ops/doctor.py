@@ -1,0 +1,128 @@
+"""``herald doctor``: is this installation set up sanely? Configuration, database, queue, Redis hardening,
+mail server, writable directories. Read-only; every finding is one line with what to do about it."""
+
+from __future__ import annotations
+
+import os
+import smtplib
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from herald.config import Settings
+from herald.queue import QueueError, make_queue
+from herald.tracker.db import Database
+from herald.tracker.schema import current_revision, head_revision
+
+
+@dataclass
+class DoctorReport:
+    ok: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return 2 if self.errors else 1 if self.warnings else 0
+
+
+def diagnose(settings: Settings) -> DoctorReport:
+    report = DoctorReport()
+    _directories(settings, report)
+    _database(settings, report)
+    _queue(settings, report)
+    _smtp(settings, report)
+    _workers(settings, report)
+    return report
+
+
+def _directories(settings: Settings, report: DoctorReport) -> None:
+    for name, path in (("data_dir", settings.data_dir), ("log_dir", settings.log_dir)):
+        probe = Path(path)
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if os.access(probe, os.W_OK):
+            report.ok.append(f"{name} {path} is writable")
+        else:
+            report.errors.append(f"{name} {path} is not writable by this user")
+
+
+def _database(settings: Settings, report: DoctorReport) -> None:
+    db = Database(settings.database_url)
+    try:
+        current, head = current_revision(db.engine), head_revision(db.engine)
+    except Exception as exc:  # doctor reports, it does not crash
+        report.errors.append(
+            f"database unreachable: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}"
+        )
+        return
+    finally:
+        db.dispose()
+    if current != head:
+        report.warnings.append(
+            f"database schema at {current or 'nothing'}, newest is {head}: run herald db upgrade"
+        )
+    else:
+        report.ok.append(f"database reachable, schema at {head}")
+
+
+def _queue(settings: Settings, report: DoctorReport) -> None:
+    queue = make_queue(settings)
+    try:
+        queue.ping()
+        report.ok.append(f"queue ({settings.queue_backend}) answers")
+        if settings.queue_backend == "redis":
+            from herald.queue.health import redis_health
+            from herald.queue.redis_client import connect
+
+            client = connect(settings)
+            try:
+                warnings = redis_health(client)
+            finally:
+                client.close()
+            report.warnings.extend(warnings)
+            if not warnings:
+                report.ok.append("Redis: strong password, appendonly yes, maxmemory-policy noeviction")
+    except QueueError as exc:
+        report.errors.append(f"queue ({settings.queue_backend}) unreachable: {exc}")
+    finally:
+        queue.close()
+
+
+def _smtp(settings: Settings, report: DoctorReport) -> None:
+    if not settings.smtp_host:
+        report.ok.append(f"no smtp_host: mail goes to the built-in mailbox {settings.mailbox_dir}")
+        return
+    where = f"{settings.smtp_host}:{settings.smtp_port}"
+    timeout = min(settings.smtp_timeout, 10.0)
+    try:
+        cls = smtplib.SMTP_SSL if settings.smtp_security == "tls" else smtplib.SMTP
+        kwargs = {"context": ssl.create_default_context()} if settings.smtp_security == "tls" else {}
+        with cls(settings.smtp_host, settings.smtp_port, timeout=timeout, **kwargs) as conn:
+            conn.ehlo()
+            if settings.smtp_security == "starttls":
+                conn.starttls(context=ssl.create_default_context())
+                conn.ehlo()
+            if settings.smtp_user:
+                conn.login(settings.smtp_user, settings.smtp_password or "")
+            conn.noop()
+    except smtplib.SMTPAuthenticationError as exc:
+        report.errors.append(f"SMTP {where} refused the login of {settings.smtp_user!r} ({exc.smtp_code})")
+    except (OSError, smtplib.SMTPException) as exc:  # timeouts and TLS errors are OSErrors
+        report.errors.append(f"SMTP {where} unusable: {exc.__class__.__name__}: {str(exc)[:200]}")
+    else:
+        report.ok.append(f"SMTP {where} accepts connections ({settings.smtp_security})")
+
+
+def _workers(settings: Settings, report: DoctorReport) -> None:
+    if settings.async_emails.enabled and settings.nb_backend_workers == 0:
+        report.errors.append(
+            f"async_emails = {settings.async_emails} but nb_backend_workers = 0: "
+            "nothing will deliver those projects"
+        )
+    elif settings.async_emails.enabled:
+        report.ok.append(
+            f"async_emails = {settings.async_emails} with {settings.nb_backend_workers} worker(s)"
+        )
+    else:
+        report.ok.append("async_emails = false: every project notifies inline (see herald.log for timings)")
