@@ -11,6 +11,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 pytest_plugins = [
     "tests.support.postgres",
+    "tests.support.redis_server",
     "tests.support.smtp",
     "tests.support.tracker",
 ]

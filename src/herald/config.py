@@ -99,6 +99,7 @@ class Settings:
     smtp_password: str | None = field(default=None, repr=False)
     smtp_security: str = "none"
     smtp_timeout: float = 30.0
+    smtp_ca_file: Path | None = None
     async_emails: AsyncEmails = AsyncEmails()
     nb_backend_workers: int = 2
     queue_backend: str = ""
@@ -316,6 +317,7 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "smtp_password": _as_opt_str,
     "smtp_security": _one_of(SMTP_SECURITY),
     "smtp_timeout": _as_float(0.1, 600),
+    "smtp_ca_file": _as_path,
     "async_emails": _as_async,
     "nb_backend_workers": _as_int(0, 64),
     "queue_backend": _one_of(QUEUE_BACKENDS),
@@ -408,6 +410,14 @@ def _complete(values: dict[str, Any]) -> Settings:
         _check_redis_password(values)
     if values.get("smtp_user") and not values.get("smtp_password"):
         raise ConfigError("smtp_user is set without smtp_password")
+    host = values.get("smtp_host")
+    if values.get("smtp_user") and security == "none" and host and not _is_loopback(host):
+        raise ConfigError(
+            f"smtp_user is set with smtp_security = 'none' for {host!r}: the password would cross the "
+            "network in clear; use starttls or tls"
+        )
+    if values.get("smtp_ca_file") and not Path(values["smtp_ca_file"]).is_file():
+        raise ConfigError(f"smtp_ca_file = {str(values['smtp_ca_file'])!r} is not a readable file")
     retry_base = values.get("retry_base_seconds", 2.0)
     if values.get("retry_max_seconds", 600.0) < retry_base:
         raise ConfigError("retry_max_seconds must not be smaller than retry_base_seconds")

@@ -1,0 +1,279 @@
+"""Delivery through an SMTP server with smtplib, over one connection kept open between messages."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+import smtplib
+import ssl
+import threading
+from email.message import EmailMessage
+
+from herald.config import Settings
+from herald.mail.errors import (
+    MailConfigError,
+    MailError,
+    PermanentMailError,
+    caused_by_timeout,
+    classify,
+    decode_reply,
+    from_reply,
+)
+from herald.mail.transport import Receipt, Transport, check_envelope, message_id, serialize
+
+__all__ = ["SmtpTransport"]
+
+log = logging.getLogger(__name__)
+
+# Errors from smtplib, sockets and ssl (ssl.SSLError is an OSError); anything else is a bug and propagates.
+_SMTP_ERRORS = (smtplib.SMTPException, OSError)
+
+
+class SmtpTransport(Transport):
+    """Sends through ``settings.smtp_host`` with ``smtp_security`` none, starttls or tls, and optional AUTH.
+
+    The connection is opened on the first :meth:`send` and reused for the next ones. A server that
+    dropped it while idle is reconnected once, transparently, when the first command of a message finds
+    it gone; a message whose DATA got an answer is never sent again. One lock serializes the sends, so a
+    transport may be shared by threads (each message waits for the previous one; use one transport per
+    thread for parallel sends). ``ssl_context`` replaces ``ssl.create_default_context()``, e.g. to trust a
+    test certificate.
+    """
+
+    def __init__(self, settings: Settings, *, ssl_context: ssl.SSLContext | None = None) -> None:
+        if not settings.smtp_host:
+            raise ValueError("SmtpTransport needs settings.smtp_host (without one, use MailboxTransport)")
+        self._host = settings.smtp_host
+        self._port = settings.smtp_port
+        self._security = settings.smtp_security
+        self._timeout = settings.smtp_timeout
+        self._user = settings.smtp_user
+        self._password = settings.smtp_password
+        # EHLO with herald's mail domain: smtplib's default, socket.getfqdn(), can stall on reverse DNS.
+        self._local_hostname = settings.mail_domain or "localhost"
+        self._ssl_context = ssl_context
+        self._ca_file = settings.smtp_ca_file
+        self._lock = threading.Lock()
+        self._conn: smtplib.SMTP | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"SmtpTransport(host={self._host!r}, port={self._port}, security={self._security!r}, "
+            f"user={self._user!r})"
+        )
+
+    def send(self, message: EmailMessage, sender: str, recipient: str) -> Receipt:
+        """Deliver ``message`` to ``recipient`` alone; raises a classified :class:`MailError`."""
+        check_envelope(sender, recipient)
+        utf8 = not (sender.isascii() and recipient.isascii())
+        raw = serialize(message, utf8=utf8)
+        with self._lock:
+            try:
+                code, reply = self._send_locked(raw, sender, recipient, utf8)
+            except MailError as exc:
+                self._scrub(exc)
+                raise
+        return Receipt(recipient=recipient, code=code, reply=reply, message_id=message_id(message))
+
+    def close(self) -> None:
+        """Say QUIT and close the connection, if one is open."""
+        with self._lock:
+            self._discard(polite=True)
+
+    # --- one message -----------------------------------------------------------------------------------
+
+    def _send_locked(self, raw: bytes, sender: str, recipient: str, utf8: bool) -> tuple[int, str]:
+        conn = self._start(raw, sender, recipient, utf8)
+        try:
+            code, reply = conn.rcpt(recipient)
+            if code not in (250, 251):
+                self._reset(conn, code)
+                raise from_reply(
+                    code, decode_reply(reply), f"recipient {recipient} refused", recipient=recipient
+                )
+            # Past this point the message may have been accepted: never retry it here, even on a
+            # disconnect before the reply (the worker decides, knowing it may be the one duplicate).
+            code, reply = conn.data(raw)
+        except MailError:
+            raise
+        except smtplib.SMTPResponseException as exc:
+            if isinstance(exc.smtp_error, bytes):  # DATA refused with a reply: the session is still sane
+                self._reset(conn, exc.smtp_code)
+            else:
+                self._discard()
+            raise classify(exc, recipient=recipient) from exc
+        except _SMTP_ERRORS as exc:
+            self._discard()
+            raise classify(exc, recipient=recipient) from exc
+        if code != 250:
+            self._reset(conn, code)
+            raise from_reply(code, decode_reply(reply), "message refused", recipient=recipient)
+        return code, decode_reply(reply)
+
+    def _start(self, raw: bytes, sender: str, recipient: str, utf8: bool) -> smtplib.SMTP:
+        """Open or reuse the connection and send MAIL FROM; returns the connection, ready for RCPT."""
+        for _attempt in range(2):
+            reused = self._conn is not None
+            conn = self._conn or self._connect()
+            options = self._mail_options(conn, raw, utf8, recipient)
+            try:
+                code, reply = conn.mail(sender, options)
+            except smtplib.SMTPServerDisconnected as exc:
+                self._discard()
+                # Nothing of this message reached the server yet, so a fresh connection is safe. Not on a
+                # timeout: the server is there but silent, and trying again would only double the wait.
+                if reused and not caused_by_timeout(exc):
+                    log.info(
+                        "SMTP server %s:%s closed the idle connection; reconnecting", self._host, self._port
+                    )
+                    continue
+                raise classify(exc, recipient=recipient) from exc
+            except _SMTP_ERRORS as exc:
+                self._discard()
+                raise classify(exc, recipient=recipient) from exc
+            if code == 421 and reused:
+                # The polite form of an idle drop: "421 closing connection".
+                self._discard()
+                log.info(
+                    "SMTP server %s:%s closed the idle connection (421); reconnecting", self._host, self._port
+                )
+                continue
+            if code != 250:
+                self._reset(conn, code)
+                raise classify(smtplib.SMTPSenderRefused(code, reply, sender), recipient=recipient)
+            return conn
+        raise AssertionError("unreachable: the second attempt always runs on a fresh connection")
+
+    def _mail_options(self, conn: smtplib.SMTP, raw: bytes, utf8: bool, recipient: str) -> list[str]:
+        options = []
+        if utf8:
+            if not conn.has_extn("smtputf8"):
+                raise PermanentMailError(
+                    "SMTP server does not accept non-ASCII addresses (no SMTPUTF8)", recipient=recipient
+                )
+            options.append("SMTPUTF8")
+        if not raw.isascii() and conn.has_extn("8bitmime"):
+            options.append("BODY=8BITMIME")
+        return options
+
+    # --- the connection --------------------------------------------------------------------------------
+
+    def _connect(self) -> smtplib.SMTP:
+        log.debug("connecting to SMTP server %s:%s (%s)", self._host, self._port, self._security)
+        context = self._context() if self._security != "none" else None
+        conn: smtplib.SMTP
+        try:
+            # The host goes to the constructor (which connects and checks the 220 greeting): smtplib takes
+            # the TLS server_hostname from there, not from connect().
+            if self._security == "tls":
+                conn = smtplib.SMTP_SSL(
+                    self._host, self._port, self._local_hostname, timeout=self._timeout, context=context
+                )
+            else:
+                conn = smtplib.SMTP(self._host, self._port, self._local_hostname, timeout=self._timeout)
+        except _SMTP_ERRORS as exc:
+            raise classify(exc) from exc
+        try:
+            conn.ehlo_or_helo_if_needed()
+            if self._security == "starttls":
+                self._starttls(conn, context)
+            if self._user:
+                self._login(conn)
+        except MailError:
+            _close_quietly(conn)
+            raise
+        except _SMTP_ERRORS as exc:
+            _close_quietly(conn)
+            raise classify(exc) from exc
+        self._conn = conn
+        return conn
+
+    def _context(self) -> ssl.SSLContext:
+        if self._ssl_context is None:
+            # smtp_ca_file trusts a private CA (an internal relay) on top of nothing else: the system CAs
+            # are not consulted then, so a certificate from the wrong CA is refused.
+            ca_file = str(self._ca_file) if self._ca_file else None
+            self._ssl_context = ssl.create_default_context(cafile=ca_file)
+        return self._ssl_context
+
+    def _starttls(self, conn: smtplib.SMTP, context: ssl.SSLContext | None) -> None:
+        if not conn.has_extn("starttls"):
+            raise MailConfigError(
+                f"SMTP server {self._host}:{self._port} does not offer STARTTLS (smtp_security = starttls)"
+            )
+        try:
+            conn.starttls(context=context)
+        except smtplib.SMTPResponseException as exc:
+            code, reply = exc.smtp_code, decode_reply(exc.smtp_error)
+            raise MailConfigError(f"STARTTLS refused: {code} {reply}", code=code, reply=reply) from exc
+        conn.ehlo()
+
+    def _login(self, conn: smtplib.SMTP) -> None:
+        assert self._user is not None and self._password is not None  # config requires the pair
+        try:
+            conn.login(self._user, self._password)
+        except smtplib.SMTPServerDisconnected:
+            raise
+        except smtplib.SMTPResponseException as exc:
+            code, reply = exc.smtp_code, decode_reply(exc.smtp_error)
+            # ``from None``: nothing from the AUTH exchange goes into the traceback.
+            raise MailConfigError(
+                f"SMTP authentication as {self._user!r} failed: {code} {reply}", code=code, reply=reply
+            ) from None
+        except smtplib.SMTPException as exc:
+            hint = "" if self._security != "none" else " (servers often offer AUTH only after STARTTLS)"
+            raise MailConfigError(f"SMTP authentication as {self._user!r} impossible: {exc}{hint}") from None
+
+    def _reset(self, conn: smtplib.SMTP, code: int) -> None:
+        """After a refusal, RSET so the next message starts clean; drop the connection if that fails."""
+        if code == 421:  # the server is closing the connection
+            self._discard()
+            return
+        try:
+            rset_code, _ = conn.rset()
+        except _SMTP_ERRORS:
+            rset_code = -1
+        if rset_code != 250:
+            self._discard()
+
+    def _discard(self, *, polite: bool = False) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        if polite:
+            with contextlib.suppress(*_SMTP_ERRORS):
+                conn.quit()
+        _close_quietly(conn)
+
+    # --- secrets ---------------------------------------------------------------------------------------
+
+    def _scrub(self, exc: MailError) -> None:
+        """Mask the password in an error, in case a server echoed what it was sent."""
+        if not self._password:
+            return
+        user, password = self._user or "", self._password
+        secrets = [
+            password,
+            _b64(password),
+            _b64(f"\0{user}\0{password}"),
+        ]
+        text, reply = str(exc), exc.reply
+        for secret in secrets:
+            text = text.replace(secret, "********")
+            reply = reply.replace(secret, "********")
+        if text != str(exc) or reply != exc.reply:
+            exc.args = (text,)
+            exc.reply = reply
+            exc.__cause__ = None
+            exc.__context__ = None
+            exc.__suppress_context__ = True
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode("utf-8")).decode("ascii")
+
+
+def _close_quietly(conn: smtplib.SMTP) -> None:
+    with contextlib.suppress(OSError):
+        conn.close()
