@@ -299,6 +299,16 @@ def _as_header_text(key: str, value: object) -> str:
     return text.strip()
 
 
+def _as_namespace(key: str, value: object) -> str:
+    text = _as_str(key, value).strip()
+    # The namespace sits inside the {hash tag} of every key: braces would break it (and Redis Cluster).
+    if not text or len(text) > 64 or not all(ch.isalnum() or ch in "._:-" for ch in text):
+        raise ConfigError(
+            f"{key} = {value!r} is not allowed: 1-64 letters, digits, '.', '_', ':' or '-' (no braces)"
+        )
+    return text
+
+
 def _as_async(key: str, value: object) -> AsyncEmails:
     return parse_async_emails(value)
 
@@ -327,7 +337,7 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "redis_password": _as_opt_str,
     "redis_url": _as_redis_url,
     "redis_tls": _as_bool,
-    "redis_namespace": _as_header_text,
+    "redis_namespace": _as_namespace,
     "logger_level": _one_of(LOG_LEVELS),
     "log_dir": _as_path,
     "stale_after_seconds": _as_int(1, 7 * 24 * 3600),

@@ -110,6 +110,7 @@ def test_async_emails_never_guesses(text):
             "in clear",
         ),
         ({"HERALD_SMTP_CA_FILE": "/nonexistent/ca.pem"}, "not a readable file"),
+        ({"HERALD_REDIS_NAMESPACE": "a}b{c"}, "no braces"),
         ({"HERALD_NO_SUCH_KEY": "1"}, "unknown environment variable HERALD_NO_SUCH_KEY"),
         ({"HERALD_RETRY_BASE_SECONDS": "10", "HERALD_RETRY_MAX_SECONDS": "1"}, "retry_max_seconds"),
     ],

@@ -14,6 +14,7 @@ from herald.web import errors
 from herald.web.limits import BodySizeLimit
 from herald.web.routes import admin, artifacts, mailbox, ops, status, unsubscribe
 from herald.web.runtime import Dispatcher, Runtime
+from herald.worker.heartbeat import live_worker_count
 
 DispatcherFactory = Callable[[Settings, Database], Dispatcher]
 
@@ -32,7 +33,11 @@ def create_app(settings: Settings, *, dispatcher_factory: DispatcherFactory | No
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = Database(settings.database_url)
         runtime = Runtime(
-            settings=settings, db=db, dispatcher=factory(settings, db), queue=make_queue(settings)
+            settings=settings,
+            db=db,
+            dispatcher=factory(settings, db),
+            queue=make_queue(settings),
+            live_workers=lambda: live_worker_count(settings, db),
         )
         app.state.runtime = runtime
         try:

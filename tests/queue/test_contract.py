@@ -1,0 +1,383 @@
+"""The queue contract: every test runs against Redis, SQLite and PostgreSQL (see conftest.backend)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+
+from herald.queue import Job, LeaseLost, QueueStats, decode_job
+from herald.queue.base import MAX_PAYLOAD_BYTES
+from tests.queue.conftest import Backend, wait_until
+
+LEASE = 0.5  # the smallest lease the configuration accepts
+
+
+def counts(stats: QueueStats) -> tuple[int, int, int, int]:
+    return stats.depth, stats.in_flight, stats.delayed, stats.dead
+
+
+def test_enqueue_claim_ack(backend: Backend) -> None:
+    queue = backend.make()
+    job = Job.new(42)
+    queue.enqueue(job)
+    assert counts(queue.stats()) == (1, 0, 0, 0)
+
+    claimed = queue.claim("w1", timeout=1)
+    assert claimed is not None
+    assert (claimed.id, claimed.changeset_id, claimed.enqueued_at) == (job.id, 42, job.enqueued_at)
+    assert claimed.attempts == 1
+    assert claimed.receipt
+    assert counts(queue.stats()) == (0, 1, 0, 0)
+
+    queue.ack(claimed)
+    assert queue.stats() == QueueStats(depth=0, in_flight=0, delayed=0, dead=0, oldest_age_seconds=0.0)
+    assert queue.claim("w1", timeout=0) is None
+
+
+def test_claim_returns_none_after_its_timeout(backend: Backend) -> None:
+    queue = backend.make()
+    started = time.monotonic()
+    assert queue.claim("w", timeout=0.3) is None
+    assert 0.3 <= time.monotonic() - started < 1.5
+    started = time.monotonic()
+    assert queue.claim("w", timeout=0) is None
+    assert time.monotonic() - started < 0.5
+
+
+def test_blocked_claim_wakes_as_soon_as_another_worker_enqueues(backend: Backend) -> None:
+    consumer, producer = backend.make(), backend.make()
+    blocked = backend.watch_blocked(consumer)
+    got: dict[str, object] = {}
+
+    def claim() -> None:
+        got["job"] = consumer.claim("w", timeout=20)
+        got["at"] = time.monotonic()
+
+    thread = threading.Thread(target=claim)
+    thread.start()
+    wait_until(blocked, what="the claimer to block")
+    job = Job.new(7)
+    pushed = time.monotonic()
+    producer.enqueue(job)
+    thread.join(timeout=10)
+
+    assert isinstance(got["job"], Job) and got["job"].id == job.id
+    # Redis and PostgreSQL wake within milliseconds; SQLite polls every 50 ms. The timeout was 20 s.
+    assert got["at"] - pushed < 0.5  # type: ignore[operator]
+
+
+def test_jobs_come_out_in_the_order_they_went_in(backend: Backend) -> None:
+    queue = backend.make()
+    jobs = [Job.new(n) for n in range(1, 8)]
+    for job in jobs:
+        queue.enqueue(job)
+    claimed = [queue.claim("w", timeout=1) for _ in jobs]
+    assert [c.id for c in claimed if c] == [j.id for j in jobs]
+
+
+def test_retry_is_invisible_until_its_delay_has_passed(backend: Backend) -> None:
+    queue = backend.make()
+    queue.enqueue(Job.new(1))
+    first = queue.claim("w", timeout=1)
+    assert first is not None
+
+    queue.retry(first, delay=1.0, reason="SMTP 451 try later")
+    retried = time.monotonic()
+    assert queue.claim("w", timeout=0) is None
+    assert counts(queue.stats()) == (0, 0, 1, 0)
+
+    again = queue.claim("w", timeout=5)
+    waited = time.monotonic() - retried
+    assert again is not None and again.id == first.id
+    assert again.attempts == 2
+    assert 0.9 <= waited < 2.5
+
+
+def test_retry_without_delay_is_ready_at_once(backend: Backend) -> None:
+    queue = backend.make()
+    queue.enqueue(Job.new(1))
+    first = queue.claim("w", timeout=1)
+    assert first is not None
+    queue.retry(first, delay=0, reason="transient")
+    again = queue.claim("w", timeout=0)
+    assert again is not None and again.id == first.id and again.attempts == 2
+
+
+def test_expired_lease_passes_the_job_to_another_worker(backend: Backend) -> None:
+    dying, healthy = backend.make(lease_seconds=LEASE), backend.make(lease_seconds=LEASE)
+    dying.enqueue(Job.new(9))
+    first = dying.claim("worker-a", timeout=1)
+    assert first is not None
+
+    started = time.monotonic()
+    second = healthy.claim("worker-b", timeout=5)
+    elapsed = time.monotonic() - started
+    assert second is not None and second.id == first.id
+    assert second.attempts == 2
+    assert elapsed < LEASE + 1.0
+
+    # The first worker lost the job: whatever it says late changes nothing.
+    dying.ack(first)
+    dying.retry(first, 0, "late")
+    dying.dead(first, "late")
+    assert counts(healthy.stats()) == (0, 1, 0, 0)
+    with pytest.raises(LeaseLost):
+        dying.extend(first)
+
+    healthy.ack(second)
+    assert counts(healthy.stats()) == (0, 0, 0, 0)
+
+
+def test_extend_keeps_a_long_job_from_being_reclaimed(backend: Backend) -> None:
+    owner, other = backend.make(lease_seconds=LEASE), backend.make(lease_seconds=LEASE)
+    owner.enqueue(Job.new(9))
+    job = owner.claim("owner", timeout=1)
+    assert job is not None
+    got: dict[str, object] = {}
+    thread = threading.Thread(target=lambda: got.update(job=other.claim("other", timeout=3 * LEASE)))
+    thread.start()
+    heartbeat = threading.Event()
+    while thread.is_alive():
+        owner.extend(job)
+        heartbeat.wait(LEASE / 4)  # a worker's heartbeat, well inside the lease
+    assert got["job"] is None
+    owner.ack(job)
+
+
+def test_reclaim_stale_puts_expired_leases_back_in_line(backend: Backend) -> None:
+    queue = backend.make(lease_seconds=LEASE)
+    queue.enqueue(Job.new(3))
+    job = queue.claim("a", timeout=1)
+    assert job is not None
+    assert queue.reclaim_stale() == 0
+    assert wait_until(queue.reclaim_stale, what="the lease to expire") == 1
+    assert counts(queue.stats()) == (1, 0, 0, 0)
+    again = queue.claim("b", timeout=0)
+    assert again is not None and again.id == job.id and again.attempts == 2
+
+
+def test_attempts_count_across_retries_and_the_job_dies_past_the_limit(backend: Backend) -> None:
+    queue = backend.make(job_max_attempts=3)
+    job = Job.new(5)
+    queue.enqueue(job)
+    for attempt in (1, 2, 3):
+        claimed = queue.claim("w", timeout=1)
+        assert claimed is not None and claimed.attempts == attempt
+        queue.retry(claimed, 0, f"failure {attempt}")
+
+    assert queue.claim("w", timeout=0) is None
+    assert counts(queue.stats()) == (0, 0, 0, 1)
+    [letter] = queue.dead_letters()
+    assert (letter.job_id, letter.changeset_id, letter.attempts) == (job.id, 5, 3)
+    assert "too many attempts" in letter.reason
+    assert "failure 3" in letter.reason
+    assert decode_job(letter.raw).id == job.id
+
+
+def test_a_job_whose_worker_keeps_dying_is_dead_lettered(backend: Backend) -> None:
+    queue = backend.make(job_max_attempts=1, lease_seconds=LEASE)
+    queue.enqueue(Job.new(6))
+    assert queue.claim("doomed", timeout=1) is not None  # ...and the worker dies: no ack
+    assert wait_until(lambda: queue.claim("next", timeout=0.2) is None and queue.stats().dead == 1)
+    [letter] = queue.dead_letters()
+    assert "too many attempts" in letter.reason and letter.attempts == 1
+
+
+def test_malformed_payloads_are_dead_lettered_and_the_claim_goes_on(backend: Backend) -> None:
+    queue = backend.make()
+    some_id = uuid.uuid4().hex
+    garbage = {
+        b"not json at all": "not JSON",
+        b'{"v": 2, "id": "' + some_id.encode() + b'", "changeset_id": 1, "enqueued_at": 1.0}': "version",
+        b'{"v": 1, "id": "'
+        + some_id.encode()
+        + b'", "changeset_id": "12", "enqueued_at": 1.0}': "changeset_id",
+        b'{"v": 1, "id": "'
+        + some_id.encode()
+        + b'", "changeset_id": true, "enqueued_at": 1.0}': "changeset_id",
+        b'{"v": 1, "id": "'
+        + some_id.encode()
+        + b'", "changeset_id": -4, "enqueued_at": 1.0}': "changeset_id",
+        b'{"v": 1, "pad": "' + b"x" * MAX_PAYLOAD_BYTES + b'"}': "larger than",
+    }
+    if backend.name == "redis":  # the SQL column is text: it cannot hold bytes that are not UTF-8
+        garbage[b"\xff\xfe\x00binary"] = "not UTF-8"
+    for raw in garbage:
+        backend.insert_raw(raw)
+    good = Job.new(77)
+    queue.enqueue(good)
+
+    claimed = queue.claim("w", timeout=1)
+    assert claimed is not None and claimed.id == good.id
+
+    letters = queue.dead_letters()
+    assert len(letters) == len(garbage)
+    for letter, (raw, why) in zip(letters, garbage.items(), strict=True):
+        assert why in letter.reason
+        assert letter.reason.startswith("malformed job")
+        assert letter.changeset_id is None
+        assert letter.raw[:20] == raw[:20].decode(
+            "utf-8", "backslashreplace" if backend.name == "redis" else "replace"
+        )
+    assert counts(queue.stats()) == (0, 1, 0, len(garbage))
+
+
+def test_dead_then_requeue_one(backend: Backend) -> None:
+    queue = backend.make()
+    job = Job.new(3)
+    queue.enqueue(job)
+    claimed = queue.claim("w", timeout=1)
+    assert claimed is not None
+    before = time.time()
+    queue.dead(claimed, "recipient table is gone")
+    assert counts(queue.stats()) == (0, 0, 0, 1)
+
+    [letter] = queue.dead_letters()
+    assert (letter.job_id, letter.changeset_id, letter.reason, letter.attempts) == (
+        job.id,
+        3,
+        "recipient table is gone",
+        1,
+    )
+    assert before - 1 <= letter.died_at <= time.time() + 1
+    assert decode_job(letter.raw).id == job.id
+
+    queue.enqueue(job)  # the queue holds this id (dead): not added twice
+    assert counts(queue.stats()) == (0, 0, 0, 1)
+
+    assert queue.requeue_dead(uuid.uuid4().hex) == 0
+    assert queue.requeue_dead(job.id) == 1
+    assert counts(queue.stats()) == (1, 0, 0, 0)
+    again = queue.claim("w", timeout=0)
+    assert again is not None and again.id == job.id and again.attempts == 1
+    assert again.enqueued_at >= job.enqueued_at
+    queue.ack(again)
+
+
+def test_requeue_all_leaves_malformed_letters_and_purge_removes_them(backend: Backend) -> None:
+    queue = backend.make()
+    jobs = [Job.new(n) for n in (1, 2, 3)]
+    for job in jobs:
+        queue.enqueue(job)
+    for _ in jobs:
+        claimed = queue.claim("w", timeout=1)
+        assert claimed is not None
+        queue.dead(claimed, "no")
+    backend.insert_raw(b"garbage")
+    assert queue.claim("w", timeout=0) is None
+    assert counts(queue.stats()) == (0, 0, 0, 4)
+    assert [letter.job_id for letter in queue.dead_letters(limit=2)] == [jobs[0].id, jobs[1].id]
+    assert queue.dead_letters(limit=0) == []
+
+    assert queue.requeue_dead() == 3
+    assert counts(queue.stats()) == (3, 0, 0, 1)
+    assert queue.purge_dead() == 1
+    assert queue.dead_letters() == []
+    assert counts(queue.stats()) == (3, 0, 0, 0)
+
+
+def test_stats_count_each_state(backend: Backend) -> None:
+    queue = backend.make()
+    old = Job(id=uuid.uuid4().hex, changeset_id=1, enqueued_at=time.time() - 100)
+    queue.enqueue(old)
+    for n in (2, 3, 4, 5):
+        queue.enqueue(Job.new(n))
+    in_flight = queue.claim("w", timeout=1)
+    to_retry = queue.claim("w", timeout=1)
+    to_kill = queue.claim("w", timeout=1)
+    assert in_flight is not None and to_retry is not None and to_kill is not None
+    assert in_flight.id == old.id
+    queue.retry(to_retry, 60, "later")
+    queue.dead(to_kill, "no")
+
+    stats = queue.stats()
+    assert counts(stats) == (2, 1, 1, 1)
+    assert 99 < stats.oldest_age_seconds < 130  # the in-flight job counts: it is not done
+
+
+def test_enqueue_is_a_no_op_for_a_job_already_queued(backend: Backend) -> None:
+    queue = backend.make()
+    job = Job.new(1)
+    queue.enqueue(job)
+    queue.enqueue(job)
+    assert counts(queue.stats()) == (1, 0, 0, 0)
+    claimed = queue.claim("w", timeout=1)
+    assert claimed is not None
+    queue.enqueue(job)
+    assert counts(queue.stats()) == (0, 1, 0, 0)
+    queue.retry(claimed, 60, "later")
+    queue.enqueue(job)
+    assert counts(queue.stats()) == (0, 0, 1, 0)
+
+
+def test_concurrent_claimers_take_every_job_exactly_once(backend: Backend) -> None:
+    jobs = [Job.new(n) for n in range(1, 81)]
+    shared = backend.make()
+    queues = [shared, shared, shared, backend.make(), backend.make(), backend.make()]
+    claimed: list[str] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    all_done = threading.Event()
+
+    def work(index: int) -> None:
+        queue = queues[index]
+        try:
+            while not all_done.is_set():
+                job = queue.claim(f"w{index}", timeout=0.2)
+                if job is None:
+                    continue
+                queue.ack(job)
+                with lock:
+                    claimed.append(job.id)
+                    if len(claimed) >= len(jobs):
+                        all_done.set()
+        except BaseException as exc:
+            errors.append(exc)
+            all_done.set()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(queues))]
+    for thread in threads:
+        thread.start()
+    producer = backend.make()
+    for job in jobs:
+        producer.enqueue(job)
+    assert all_done.wait(timeout=30)
+    for thread in threads:
+        thread.join(timeout=5)
+
+    assert errors == []
+    assert sorted(claimed) == sorted(job.id for job in jobs)
+    assert counts(producer.stats()) == (0, 0, 0, 0)
+
+
+def test_ack_of_a_job_that_was_never_claimed_is_a_caller_bug(backend: Backend) -> None:
+    queue = backend.make()
+    with pytest.raises(ValueError, match="not claimed"):
+        queue.ack(Job.new(1))
+
+
+def test_close_releases_a_claim_blocked_in_another_thread(backend: Backend) -> None:
+    queue = backend.make()
+    blocked = backend.watch_blocked(queue)
+    got: dict[str, object] = {}
+
+    def claim() -> None:
+        got["job"] = queue.claim("w", timeout=20)
+        got["at"] = time.monotonic()
+
+    thread = threading.Thread(target=claim)
+    thread.start()
+    wait_until(blocked, what="the claimer to block")
+    closed = time.monotonic()
+    queue.close()
+    thread.join(timeout=5)
+    assert got["job"] is None
+    assert got["at"] - closed < 1.5  # type: ignore[operator]
+
+
+def test_ping_and_context_manager(backend: Backend) -> None:
+    with backend.make() as queue:
+        queue.ping()

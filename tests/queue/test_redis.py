@@ -1,0 +1,200 @@
+"""What only the Redis backend has to survive: restarts, lost keys, a server that is down, Cluster slots."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+from redis.crc import key_slot
+
+from herald.config import Settings
+from herald.queue import Job, QueueError, QueueUnavailable, make_queue
+from herald.queue.keys import JOB_FIELD, RedisKeys
+from herald.queue.redis_backend import RedisQueue
+from herald.queue.redis_scripts import SOURCES
+from tests.queue.conftest import wait_until
+from tests.support.redis_server import RedisServer
+
+pytestmark = pytest.mark.redis
+
+LEASE = 0.5
+
+
+@pytest.fixture
+def queue(redis_settings: Settings) -> Iterator[RedisQueue]:
+    made = RedisQueue(dataclasses.replace(redis_settings, lease_seconds=LEASE))
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    made = redis_server.client()
+    yield made
+    made.close()
+
+
+def counts(queue: RedisQueue) -> tuple[int, int, int, int]:
+    s = queue.stats()
+    return s.depth, s.in_flight, s.delayed, s.dead
+
+
+def blocked_readers(client: redis.Redis) -> int:
+    return sum(c.get("cmd") == "xreadgroup" and "b" in c.get("flags", "") for c in client.client_list())
+
+
+def test_jobs_survive_a_restart_with_appendonly(queue: RedisQueue, redis_server: RedisServer) -> None:
+    jobs = [Job.new(n) for n in (1, 2, 3, 4)]
+    for job in jobs:
+        queue.enqueue(job)
+    in_flight = queue.claim("w", timeout=1)
+    to_retry = queue.claim("w", timeout=1)
+    to_kill = queue.claim("w", timeout=1)
+    assert in_flight and to_retry and to_kill
+    queue.retry(to_retry, 60, "later")
+    queue.dead(to_kill, "no")
+    assert counts(queue) == (1, 1, 1, 1)
+
+    redis_server.restart()
+
+    assert counts(queue) == (1, 1, 1, 1)  # the same client carries on over a fresh connection
+    ready = queue.claim("w", timeout=0)
+    assert ready is not None and ready.id == jobs[3].id
+    # The in-flight job's lease kept running across the restart; its worker is gone, so it comes back.
+    again = queue.claim("w2", timeout=5)
+    assert again is not None and again.id == in_flight.id and again.attempts == 2
+    assert [d.job_id for d in queue.dead_letters()] == [to_kill.id]
+
+
+def test_a_redis_that_lost_everything_is_used_again_at_once(queue: RedisQueue, client: redis.Redis) -> None:
+    queue.enqueue(Job.new(1))
+    first = queue.claim("w", timeout=1)
+    assert first is not None
+    # What a restart without persistence leaves: no stream, no group, no scripts.
+    client.delete(*queue.keys.all())
+    client.script_flush()
+
+    queue.ack(first)  # the job it finished is gone: nothing to do, no error
+    job = Job.new(2)
+    queue.enqueue(job)  # recreates the stream, without the consumer group
+    got = queue.claim("w", timeout=1)
+    assert got is not None and got.id == job.id
+    queue.ack(got)
+    assert counts(queue) == (0, 0, 0, 0)
+
+
+def test_a_claimer_blocked_while_the_stream_is_deleted_still_gets_the_next_job(
+    queue: RedisQueue, redis_settings: Settings, client: redis.Redis
+) -> None:
+    queue.ping()
+    got: dict[str, object] = {}
+    thread = threading.Thread(target=lambda: got.update(job=queue.claim("w", timeout=10)))
+    thread.start()
+    wait_until(lambda: blocked_readers(client), what="the claimer to block")
+    client.delete(queue.keys.stream)
+    job = Job.new(3)
+    producer = RedisQueue(redis_settings)
+    try:
+        producer.enqueue(job)
+    finally:
+        producer.close()
+    thread.join(timeout=5)
+    assert isinstance(got.get("job"), Job) and got["job"].id == job.id
+
+
+def test_a_server_that_is_down_raises_queue_unavailable(
+    queue: RedisQueue, redis_server: RedisServer, client: redis.Redis
+) -> None:
+    queue.ping()
+    outcome: dict[str, BaseException] = {}
+
+    def blocked_claim() -> None:
+        try:
+            queue.claim("w", timeout=10)
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=blocked_claim)
+    thread.start()
+    wait_until(lambda: blocked_readers(client), what="the claimer to block")
+    redis_server.stop()
+    try:
+        thread.join(timeout=5)
+        assert isinstance(outcome.get("error"), QueueUnavailable)  # a worker backs off; it does not hang
+
+        started = time.monotonic()
+        with pytest.raises(QueueUnavailable):
+            queue.ping()
+        with pytest.raises(QueueUnavailable):
+            queue.enqueue(Job.new(1))
+        with pytest.raises(QueueUnavailable):
+            queue.claim("w", timeout=1)
+        with pytest.raises(QueueUnavailable):
+            queue.stats()
+        assert time.monotonic() - started < 3, "a down server must fail fast"
+    finally:
+        redis_server.start()
+    queue.ping()
+    queue.enqueue(job := Job.new(2))
+    claimed = queue.claim("w", timeout=1)
+    assert claimed is not None and claimed.id == job.id
+
+
+def test_wrong_password_is_queue_unavailable(redis_server: RedisServer, redis_namespace: str) -> None:
+    url = redis_server.url.replace(redis_server.password, "not-the-password")
+    queue = make_queue(Settings(queue_backend="redis", redis_url=url, redis_namespace=redis_namespace))
+    try:
+        with pytest.raises(QueueUnavailable) as info:
+            queue.ping()
+        assert "not-the-password" not in str(info.value)
+    finally:
+        queue.close()
+
+
+def test_every_key_carries_the_namespace_hash_tag(
+    queue: RedisQueue, client: redis.Redis, redis_namespace: str
+) -> None:
+    for n in (1, 2, 3):
+        queue.enqueue(Job.new(n))
+    a, b, c = (queue.claim("w", timeout=1) for _ in range(3))
+    assert a and b and c
+    queue.retry(a, 60, "later")
+    queue.dead(b, "no")
+    queue.extend(c)
+    queue.stats()
+
+    used = {key.decode() for key in client.scan_iter(match=f"*{redis_namespace}*")}
+    assert used and used <= set(queue.keys.all())
+    assert all(key.startswith(f"{{{redis_namespace}}}:") for key in used)
+    assert len({key_slot(key.encode()) for key in queue.keys.all()}) == 1
+
+
+@pytest.mark.parametrize("namespace", ["", "a{b", "a}b"])
+def test_a_namespace_that_would_break_the_hash_tag_is_refused(namespace: str) -> None:
+    with pytest.raises(QueueError, match="redis_namespace"):
+        RedisKeys(namespace)
+
+
+def test_an_entry_without_a_job_field_is_dead_lettered(queue: RedisQueue, client: redis.Redis) -> None:
+    client.xadd(queue.keys.stream, {b"something": b"else"})
+    assert queue.claim("w", timeout=0) is None
+    [letter] = queue.dead_letters()
+    assert f"no {JOB_FIELD.decode()!r} field" in letter.reason
+    assert letter.job_id.startswith("entry-")
+
+
+@pytest.mark.parametrize("name", sorted(SOURCES))
+def test_every_script_declares_the_keys_it_uses_in_its_header(name: str) -> None:
+    source = SOURCES[name]
+    lines = source.splitlines()
+    header = [line for line in lines[: next(i for i, line in enumerate(lines) if not line.startswith("--"))]]
+    declared = {int(n) for line in header for n in re.findall(r"^-- KEYS\[(\d+)\]", line)}
+    used = {int(n) for n in re.findall(r"KEYS\[(\d+)\]", "\n".join(lines[len(header) :]))}
+    assert used == declared == set(range(1, len(declared) + 1))
+    # Key names are never built inside a script (that would break Redis Cluster routing).
+    assert not re.search(r"KEYS\[\d+\]\s*\.\.", source)
