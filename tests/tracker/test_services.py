@@ -70,6 +70,8 @@ class TestUsers:
             ({"username": "Bad Name", "email": "x@example.org"}, "username"),
             ({"username": "ok", "email": "not-an-address"}, "email"),
             ({"username": "ok", "email": "a@b.c\r\nBcc: x@evil.org"}, "email"),
+            ({"username": "ok", "email": "jos\u00e9@example.org"}, "email"),
+            ({"username": "ok", "email": "=?utf-8?q?a=0D=0A?=@example.org"}, "email"),
             ({"username": "ok", "email": "x@example.org", "language": "de"}, "language"),
             ({"username": "ok", "email": "x@example.org", "timezone": "Mars/Olympus"}, "timezone"),
             ({"username": "ok", "email": "x@example.org", "mail_format": "pdf"}, "mail_format"),

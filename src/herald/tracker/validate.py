@@ -33,7 +33,15 @@ def name(value: Any, what: str) -> str:
 
 
 def email(value: Any, what: str = "email") -> str:
-    if not isinstance(value, str) or len(value) > 254 or not EMAIL_RE.match(value):
+    # ASCII only and no encoded-word marker: herald sends without SMTPUTF8, and "=?" in an address is
+    # how header-injection payloads smuggle line breaks past the email package on these machines.
+    if (
+        not isinstance(value, str)
+        or len(value) > 254
+        or not value.isascii()
+        or "=?" in value
+        or not EMAIL_RE.match(value)
+    ):
         raise InvalidInput(f"{what} must be an email address such as jane@example.org", what)
     return value
 

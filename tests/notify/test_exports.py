@@ -1,0 +1,45 @@
+"""The public surface of ``herald.notify`` and the parts it may import (DESIGN.md: tracker, config)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import herald.notify
+
+NOTIFY = Path(herald.notify.__file__).parent
+
+
+def test_public_names():
+    assert sorted(herald.notify.__all__) == [
+        "DispatchPolicy",
+        "NotificationPlan",
+        "Outgoing",
+        "Reason",
+        "Recipient",
+        "compute_recipients",
+        "plan_notification",
+        "unsubscribe_token",
+        "verify_unsubscribe_token",
+    ]
+    for name in herald.notify.__all__:
+        assert getattr(herald.notify, name).__doc__, f"{name} needs a docstring"
+
+
+def test_imports_only_tracker_and_config():
+    allowed = ("herald.notify", "herald.tracker", "herald.config")
+    for path in NOTIFY.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                if name.startswith("herald"):
+                    assert name.startswith(allowed), f"{path.name} imports {name}"
+
+
+def test_templates_are_packaged():
+    assert {p.name for p in (NOTIFY / "templates").iterdir()} >= {"mail.txt.j2", "mail.html.j2"}
