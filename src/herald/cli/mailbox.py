@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from herald.cli.main import RET_ERROR, Context, echo_json, fail, pass_ctx
@@ -34,7 +35,8 @@ def list_(ctx: Context, limit: int, recipient: str | None, as_json: bool) -> Non
         return
     table = Table("key", "date", "to", "subject")
     for m in items:
-        table.add_row(m.key, m.date.strftime("%Y-%m-%d %H:%M:%S"), m.recipient, m.subject)
+        # escape: a subject such as "[bug #1] ..." is text, not rich markup
+        table.add_row(m.key, m.date.strftime("%Y-%m-%d %H:%M:%S"), escape(m.recipient), escape(m.subject))
     Console().print(table)
 
 

@@ -58,9 +58,9 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 
 
 def _register() -> None:
-    from herald.cli import data, mailbox, ops, serve
+    from herald.cli import data, mailbox, ops, serve, workers
 
-    for module in (serve, data, mailbox, ops):
+    for module in (serve, data, mailbox, ops, workers):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -24,13 +24,20 @@ from herald.tracker.models import Project
 def _serve(settings: Settings, host: str | None, port: int | None) -> None:
     from herald.web import create_app
 
-    uvicorn.run(
-        create_app(settings),
-        host=host or settings.http_host,
-        port=port if port is not None else settings.http_port,
-        log_level="warning",
-        access_log=False,
-    )
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the same signal again so the default
+    # action kills the process (exit -15). For herald a handled stop is a clean exit: absorb the re-raise.
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        uvicorn.run(
+            create_app(settings),
+            host=host or settings.http_host,
+            port=port if port is not None else settings.http_port,
+            log_level="warning",
+            access_log=False,
+        )
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @click.command("serve")
