@@ -29,7 +29,7 @@ def run(tmp_path: Path):
 def test_db_upgrade_creates_the_schema(run, tmp_path):
     result = run("db", "upgrade")
     assert result.exit_code == 0, result.output
-    assert "revision 0001" in result.output
+    assert "revision 0002" in result.output
     assert (tmp_path / "var" / "herald.db").exists()
 
 
@@ -84,7 +84,8 @@ artifacts:
         ),
         (
             "half.yaml",
-            "users:\n  - {username: ok, email: ok@example.org}\n  - {username: 'B A D', email: b@example.org}\n",
+            "users:\n  - {username: ok, email: ok@example.org}\n"
+            "  - {username: 'B A D', email: b@example.org}\n",
             "username",
         ),
     ],
@@ -117,6 +118,8 @@ def test_configuration_errors_stop_with_one_line(run, tmp_path):
 
 def test_unknown_user_for_token(run, tmp_path):
     run("db", "upgrade")
-    result = CliRunner().invoke(cli, ["user", "token", "ghost"], env={"HERALD_DATA_DIR": str(tmp_path / "var")})
+    result = CliRunner().invoke(
+        cli, ["user", "token", "ghost"], env={"HERALD_DATA_DIR": str(tmp_path / "var")}
+    )
     assert result.exit_code == RET_ERROR
     assert "no user named 'ghost'" in result.output

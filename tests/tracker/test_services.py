@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import pytest
@@ -323,7 +324,7 @@ class TestArtifacts:
             # Each changeset's old value is the previous one's new value: no update diffed against stale data.
             sev = world.bugs.field_by_name("severity").id
             chain = [ch for c in changesets for ch in c.changes if ch.field_id == sev]
-            for before, after in zip(chain, chain[1:], strict=False):
+            for before, after in itertools.pairwise(chain):
                 assert after.old_value == before.new_value
 
 

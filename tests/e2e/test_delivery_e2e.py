@@ -1,0 +1,189 @@
+"""Backend notifications end to end, crash tests included: nothing lost, nobody mailed twice except the one
+message in flight when a process was killed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+from sqlalchemy import select
+
+from herald.queue import make_queue
+from herald.queue.keys import JOB_FIELD, RedisKeys
+from herald.tracker.models import DeliveryStatus, Notification, NotificationState
+from tests.e2e.conftest import RECIPIENTS, Stack, wait_until
+from tests.support.smtp import HANG
+
+pytestmark = pytest.mark.slow
+
+
+def report(line: str) -> None:
+    """Crash-test counts, shown with ``pytest -s`` (and in the closing note of the issue)."""
+    print(f"\n[e2e] {line}")
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_many_changesets_through_the_api_are_each_delivered_exactly_once(make_stack, request, database):
+    url = request.getfixturevalue("pg_url") if database == "postgresql" else None
+    stack: Stack = make_stack(url)
+    stack.start_workers()
+    stack.wait_workers(2)
+    stack.burst(creations=10, updates=30)
+    tally = stack.wait_all_delivered()
+    report(tally.line(f"40 changesets x 3 recipients, 2 workers, {database}"))
+    assert (tally.unique, tally.duplicated) == (120, 0)
+    for message in stack.smtp.messages:
+        assert len(message.rcpt_tos) == 1 and message.rcpt_tos[0] in RECIPIENTS
+    with stack.db.session() as s:
+        n = s.get(Notification, stack.changesets[-1])
+        assert n.mode.value == "async" and n.job_id and n.queued_at and n.started_at and n.finished_at
+        assert {d.status for d in n.deliveries} == {DeliveryStatus.SENT}
+    log = stack.log()
+    assert "supervisor started" in log and "job received" in log and "job processed" in log
+    assert "Notification: Start notification" in log and "mode=async" in log
+
+
+def test_sigkill_of_a_worker_mid_send_loses_nothing(stack: Stack):
+    # The 10th message hangs in DATA: its worker is provably mid-job when it is killed.
+    stack.smtp.script_data(*["250 OK"] * 9, HANG)
+    stack.start_workers()
+    stack.wait_workers(2)
+    stack.burst(creations=10, updates=30)
+    wait_until(lambda: stack.smtp.data_count >= 10, "the 10th message to hang")
+    holder = wait_until(lambda: _running_holder(stack), "the hung job's holder")
+    pid = int(holder.split(":")[-2])
+    os.kill(pid, signal.SIGKILL)
+    tally = stack.wait_all_delivered()
+    report(tally.line(f"SIGKILL of worker pid {pid} mid-send"))
+    assert tally.lost == 0
+    assert tally.duplicated <= 1  # at most the message in flight (here it was never accepted: 0)
+    assert "exited with signal SIGKILL" in stack.log()
+
+
+def test_sigkill_of_a_worker_at_a_random_moment_loses_nothing(stack: Stack):
+    stack.start_workers()
+    pids = stack.wait_workers(2)
+    stack.burst(creations=10, updates=30)
+    kill_after = stack.rng.randint(10, 90)
+    wait_until(lambda: len(stack.smtp.messages) >= kill_after, f"{kill_after} messages")
+    victim = stack.rng.choice(sorted(pids.values()))
+    os.kill(victim, signal.SIGKILL)
+    tally = stack.wait_all_delivered()
+    report(tally.line(f"SIGKILL of worker pid {victim} after {kill_after} messages"))
+    assert tally.lost == 0 and tally.duplicated <= 1, stack.duplicates()
+
+
+def test_a_redis_restart_mid_run_loses_nothing(stack: Stack):
+    stack.start_workers()
+    stack.wait_workers(2)
+    stack.burst(creations=10, updates=10)
+    wait_until(lambda: len(stack.smtp.messages) >= 15, "delivery to be under way")
+    stack.redis.restart()  # SIGTERM: Redis writes its append-only file, then starts from it
+    stack.burst(creations=0, updates=20)
+    tally = stack.wait_all_delivered()
+    report(tally.line("redis-server restarted mid-run"))
+    assert (tally.lost, tally.duplicated) == (0, 0)
+
+
+def test_with_redis_down_at_enqueue_time_the_request_is_fast_and_mail_follows(stack: Stack):
+    stack.start_workers()
+    stack.wait_workers(2)
+    stack.create()
+    stack.wait_all_delivered()
+    stack.redis.stop()
+    try:
+        started = time.perf_counter()
+        body = stack.update()
+        elapsed = time.perf_counter() - started
+        assert elapsed < 0.5, elapsed
+        assert body["notification"]["mode"] == "async"
+        with stack.db.session() as s:
+            assert s.get(Notification, body["changeset_id"]).state is NotificationState.PENDING
+        assert len(stack.smtp.messages) == 3  # nothing sent inline instead
+    finally:
+        stack.redis.start()
+    tally = stack.wait_all_delivered()
+    report(tally.line(f"redis-server down at enqueue time (request took {elapsed * 1000:.1f} ms)"))
+    assert (tally.unique, tally.duplicated) == (6, 0)
+
+
+def test_garbage_on_the_queue_is_dead_lettered_and_the_workers_live_on(stack: Stack):
+    stack.start_workers()
+    pids = stack.wait_workers(2)
+    client = stack.redis.client()
+    stream = RedisKeys(stack.settings.redis_namespace).stream
+    client.xadd(stream, {JOB_FIELD: b'{"v": 1, "id": "nope"}'})
+    client.xadd(stream, {b"other": b"no job field"})
+    client.close()
+    stack.burst(creations=3, updates=3)
+    stack.wait_all_delivered()
+    with make_queue(stack.settings) as queue:
+        letters = queue.dead_letters()
+    assert len(letters) == 2 and all("malformed job" in d.reason for d in letters)
+    assert stack.worker_pids() == pids  # same processes: nobody crashed
+    assert "exited" not in stack.log()
+
+
+def test_sigterm_exits_cleanly_and_loses_nothing(stack: Stack):
+    supervisor = stack.start_workers()
+    stack.wait_workers(2)
+    stack.burst(creations=10, updates=30)
+    wait_until(lambda: len(stack.smtp.messages) >= 20, "delivery to be under way")
+    assert stack.stop_workers(supervisor) == 0
+    log = stack.log()
+    assert "worker-1 (pid" in log and "worker-2 (pid" in log
+    assert log.count("exited with code 0") == 2, log
+    assert "supervisor stopped" in log
+    assert stack.worker_pids() == {}  # clean exits remove their heartbeats
+    stack.start_workers()
+    tally = stack.wait_all_delivered()
+    report(tally.line("SIGTERM of the supervisor mid-run, then a restart"))
+    assert (tally.lost, tally.duplicated) == (0, 0)
+
+
+def test_the_supervisor_restarts_a_killed_worker(stack: Stack):
+    stack.start_workers()
+    before = stack.wait_workers(2)
+    name, pid = sorted(before.items())[0]
+    os.kill(pid, signal.SIGKILL)
+    after = wait_until(
+        lambda: (p := stack.worker_pids()).get(name) not in (None, pid) and p, "the worker to come back"
+    )
+    assert len(after) == 2
+    stack.burst(creations=2, updates=2)
+    assert stack.wait_all_delivered().duplicated == 0
+    assert f"(pid {pid}) exited with signal SIGKILL" in stack.log()
+
+
+def test_with_async_off_one_recovery_worker_finishes_inline_retries(make_stack):
+    stack: Stack = make_stack(HERALD_ASYNC_EMAILS="false")
+    stack.smtp.script_data("451 4.3.0 later")
+    stack.start_workers()
+    stack.wait_workers(1)  # not nb_backend_workers = 2: inline projects need one, for recovery
+    body = stack.create()
+    assert body["notification"]["mode"] == "inline"
+    assert len(stack.smtp.messages) == 2  # the request delivered the other two itself
+    tally = stack.wait_all_delivered()
+    assert (tally.unique, tally.duplicated) == (3, 0)
+    assert "one recovery worker" in stack.log()
+
+
+def test_with_zero_workers_nothing_is_delivered_and_the_supervisor_says_so(make_stack):
+    stack: Stack = make_stack(HERALD_NB_BACKEND_WORKERS="0")
+    stack.start_workers()
+    wait_until(lambda: "nb_backend_workers = 0" in stack.log(), "the warning")
+    body = stack.create()
+    with stack.db.session() as s:
+        assert s.get(Notification, body["changeset_id"]).state is NotificationState.QUEUED
+    assert stack.worker_pids() == {}
+    assert stack.smtp.messages == []
+
+
+def _running_holder(stack: Stack) -> str | None:
+    with stack.db.session() as s:
+        holders = s.scalars(
+            select(Notification.worker).where(Notification.state == NotificationState.RUNNING)
+        ).all()
+    return next((h for h in holders if h and h.startswith("worker-")), None)

@@ -1,0 +1,162 @@
+"""The web's dispatcher: inline delivery that never raises, and async pushes that stay fast when the queue
+is down (real Redis, real aiosmtpd, real SQLite)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import pytest
+
+from herald.queue import make_queue
+from herald.queue.errors import QueueUnavailable
+from herald.tracker.models import DeliveryStatus, DispatchMode, NotificationState
+from herald.worker.dispatch import CircuitBreaker, FrontEndDispatcher, build_dispatcher
+from tests.support.redis_server import RedisServer
+from tests.support.services import free_port
+from tests.worker.conftest import Bed, deliveries, notification
+
+
+@pytest.fixture
+def redis_bed(bed: Bed, redis_server: RedisServer, redis_namespace: str) -> Bed:
+    bed.settings = dataclasses.replace(
+        bed.settings,
+        queue_backend="redis",
+        redis_url=redis_server.url,
+        redis_namespace=redis_namespace,
+        async_emails=dataclasses.replace(bed.settings.async_emails, all=True),
+    )
+    return bed
+
+
+def test_inline_delivers_in_the_request_and_logs_start_and_end(bed: Bed, capture_log):
+    log = capture_log("herald.notification")
+    dispatcher = build_dispatcher(bed.settings, bed.db)
+    try:
+        cs = bed.changeset(DispatchMode.INLINE)
+        assert dispatcher.mode_for(bed.world.public.id) is DispatchMode.INLINE
+        dispatcher.after_commit(cs, DispatchMode.INLINE)
+    finally:
+        dispatcher.close()
+    assert len(bed.server.messages) == 3
+    assert notification(bed.db, cs).state is NotificationState.DONE
+    lines = log.messages()
+    assert lines[0].startswith(f"Notification: Start notification changeset_id={cs} ")
+    assert lines[0].endswith("recipients=3 mode=inline")
+    assert lines[-1].startswith(f"Notification: End notification changeset_id={cs} ")
+
+
+def test_an_inline_mail_failure_never_reaches_the_caller_and_is_recorded(bed: Bed, capture_log):
+    log = capture_log("herald.notification")
+    nobody = dataclasses.replace(bed.settings, smtp_port=free_port())
+    dispatcher = build_dispatcher(nobody, bed.db)
+    try:
+        cs = bed.changeset(DispatchMode.INLINE)
+        dispatcher.after_commit(cs, DispatchMode.INLINE)  # must not raise
+    finally:
+        dispatcher.close()
+    n = notification(bed.db, cs)
+    assert n.state is NotificationState.RETRYING and n.next_attempt_at is not None
+    assert all(d.status is DeliveryStatus.RETRYING for d in deliveries(bed.db, cs).values())
+    assert any("delivery failed" in m and "recipient=bob@example.org" in m for m in log.messages())
+
+
+def test_even_a_broken_transport_factory_does_not_fail_the_request(bed: Bed):
+    def broken():
+        raise RuntimeError("no transport")
+
+    dispatcher = FrontEndDispatcher(bed.settings, bed.db, transport_factory=broken)
+    cs = bed.changeset(DispatchMode.INLINE)
+    dispatcher.after_commit(cs, DispatchMode.INLINE)
+    assert notification(bed.db, cs).state is NotificationState.PENDING  # the relay takes it from here
+
+
+def test_async_pushes_a_job_and_marks_the_row_queued(redis_bed: Bed):
+    dispatcher = build_dispatcher(redis_bed.settings, redis_bed.db)
+    try:
+        assert dispatcher.mode_for(redis_bed.world.public.id) is DispatchMode.ASYNC
+        cs = redis_bed.changeset()
+        dispatcher.after_commit(cs, DispatchMode.ASYNC)
+    finally:
+        dispatcher.close()
+    n = notification(redis_bed.db, cs)
+    assert n.state is NotificationState.QUEUED and n.job_id and n.queued_at and n.next_attempt_at
+    assert redis_bed.server.messages == []  # nothing is sent on the request path
+    with make_queue(redis_bed.settings) as queue:
+        job = queue.claim("test", 1.0)
+    assert job is not None and (job.id, job.changeset_id) == (n.job_id, cs)
+
+
+def test_async_with_the_sql_queue(bed: Bed):
+    settings = dataclasses.replace(
+        bed.settings, async_emails=dataclasses.replace(bed.settings.async_emails, all=True)
+    )
+    assert settings.queue_backend == "sql"
+    dispatcher = build_dispatcher(settings, bed.db)
+    try:
+        cs = bed.changeset()
+        dispatcher.after_commit(cs, DispatchMode.ASYNC)
+    finally:
+        dispatcher.close()
+    with make_queue(settings) as queue:
+        job = queue.claim("test", 0)
+    assert job is not None and job.changeset_id == cs
+    assert notification(bed.db, cs).state is NotificationState.QUEUED
+
+
+def test_with_redis_down_requests_stay_fast_and_rows_stay_pending(
+    redis_bed: Bed, redis_server: RedisServer, capture_log
+):
+    log = capture_log("herald.dispatch")
+    dispatcher = build_dispatcher(redis_bed.settings, redis_bed.db)
+    redis_server.stop()
+    try:
+        timings = []
+        ids = []
+        for _ in range(5):
+            cs = redis_bed.changeset()
+            started = time.perf_counter()
+            dispatcher.after_commit(cs, DispatchMode.ASYNC)
+            timings.append(time.perf_counter() - started)
+            ids.append(cs)
+    finally:
+        redis_server.start()
+        dispatcher.close()
+    assert max(timings) < 0.5, timings  # the first one tries and fails fast
+    assert sorted(timings)[3] < 0.01, timings  # the breaker skips the others
+    assert all(notification(redis_bed.db, cs).state is NotificationState.PENDING for cs in ids)
+    assert redis_bed.server.messages == []  # never sent inline instead
+    warnings = [m for m in log.messages() if m.startswith("queue unavailable")]
+    assert len(warnings) == 1
+
+
+def test_circuit_breaker_opens_for_its_cooldown_then_lets_one_try():
+    now = [100.0]
+    breaker = CircuitBreaker(cooldown=1.0, clock=lambda: now[0])
+    assert breaker.allow()
+    assert breaker.failed() is True  # an outage starts
+    assert not breaker.allow()
+    now[0] += 0.99
+    assert not breaker.allow()
+    now[0] += 0.02
+    assert breaker.allow()
+    assert breaker.failed() is False  # still the same outage
+    now[0] += 1.5
+    assert breaker.succeeded() is True and breaker.allow()
+    assert breaker.succeeded() is False
+
+
+def test_queue_unavailable_is_what_a_dead_redis_raises(redis_bed: Bed, redis_server: RedisServer):
+    # The dispatcher's fast client translates errors like the workers' one does.
+    from herald.worker.dispatch import _front_end_queue
+
+    queue, close = _front_end_queue(redis_bed.settings)
+    redis_server.stop()
+    try:
+        started = time.perf_counter()
+        with pytest.raises(QueueUnavailable):
+            queue.ping()
+        assert time.perf_counter() - started < 0.5
+    finally:
+        redis_server.start()
+        close()
