@@ -32,8 +32,6 @@ from tests.support.redis_server import RedisServer
 from tests.support.smtp import SmtpServer
 from tests.support.tracker import World, build_world, make_database
 
-pytestmark = pytest.mark.slow
-
 SEED = int(os.environ.get("HERALD_TEST_SEED", "20261128"))
 RECIPIENTS = ("bob@example.org", "carol@example.org", "dave@example.org")
 DEADLINE = 40.0

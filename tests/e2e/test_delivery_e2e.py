@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -12,7 +14,7 @@ from sqlalchemy import select
 
 from herald.queue import make_queue
 from herald.queue.keys import JOB_FIELD, RedisKeys
-from herald.tracker.models import DeliveryStatus, Notification, NotificationState
+from herald.tracker.models import DeliveryStatus, Notification, NotificationState, WorkerHeartbeat
 from tests.e2e.conftest import RECIPIENTS, Stack, wait_until
 from tests.support.smtp import HANG
 
@@ -85,6 +87,22 @@ def test_a_redis_restart_mid_run_loses_nothing(stack: Stack):
     tally = stack.wait_all_delivered()
     report(tally.line("redis-server restarted mid-run"))
     assert (tally.lost, tally.duplicated) == (0, 0)
+
+
+def test_redis_losing_all_its_data_mid_run_loses_nothing(stack: Stack):
+    stack.start_workers()
+    stack.wait_workers(2)
+    stack.smtp.script_data(*["250 OK"] * 30, *["451 4.3.0 slow down"] * 10)  # some retries in flight too
+    stack.burst(creations=10, updates=30)
+    wait_until(lambda: len(stack.smtp.messages) >= 30, "delivery to be under way")
+    client = stack.redis.client()
+    keys = list(client.scan_iter(match=f"{{{stack.settings.redis_namespace}}}:*"))
+    client.delete(*keys)  # as a restart without persistence would: queued, in-flight and delayed jobs gone
+    client.close()
+    tally = stack.wait_all_delivered(timeout=45)
+    report(tally.line("Redis lost every key mid-run (no persistence)"))
+    assert tally.lost == 0 and tally.duplicated == 0
+    assert "relay pushed" in stack.log()
 
 
 def test_with_redis_down_at_enqueue_time_the_request_is_fast_and_mail_follows(stack: Stack):
@@ -175,9 +193,16 @@ def test_with_zero_workers_nothing_is_delivered_and_the_supervisor_says_so(make_
     stack.start_workers()
     wait_until(lambda: "nb_backend_workers = 0" in stack.log(), "the warning")
     body = stack.create()
-    with stack.db.session() as s:
-        assert s.get(Notification, body["changeset_id"]).state is NotificationState.QUEUED
+
+    def state() -> NotificationState:
+        with stack.db.session() as s:
+            return s.get(Notification, body["changeset_id"]).state
+
+    wait_until(lambda: state() is NotificationState.QUEUED, "the push to be recorded")
     assert stack.worker_pids() == {}
+    with stack.db.session() as s:
+        (supervisor,) = s.scalars(select(WorkerHeartbeat).where(WorkerHeartbeat.kind == "supervisor")).all()
+        assert supervisor.info["workers_wanted"] == 0 and supervisor.info["relay"] is False
     assert stack.smtp.messages == []
 
 
@@ -187,3 +212,25 @@ def _running_holder(stack: Stack) -> str | None:
             select(Notification.worker).where(Notification.state == NotificationState.RUNNING)
         ).all()
     return next((h for h in holders if h and h.startswith("worker-")), None)
+
+
+def test_a_supervisor_whose_parent_dies_stops_its_workers_and_itself(stack: Stack):
+    # As under `herald up`: the supervisor's parent is killed without a chance to pass SIGTERM on.
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+    parent = subprocess.Popen(
+        ["sh", "-c", f'"{sys.executable}" -m herald workers --supervised & wait'],
+        env={**clean, **stack.env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        stack.wait_workers(2)
+    finally:
+        parent.kill()
+        parent.wait()
+    wait_until(
+        lambda: "the process that started the supervisor is gone" in stack.log(), "the supervisor to notice"
+    )
+    wait_until(lambda: "supervisor stopped" in stack.log(), "the supervisor to stop")
+    assert stack.worker_pids() == {}  # its workers stopped cleanly (heartbeats removed)
+    assert stack.log().count("exited with code 0") == 2

@@ -76,7 +76,8 @@ def _start_supervisor(ctx: Context) -> subprocess.Popen[bytes]:
     args = [sys.executable, "-m", "herald"]
     if ctx.config_path:
         args += ["--config", ctx.config_path]
-    return subprocess.Popen([*args, "workers"])
+    # --supervised: the supervisor stops itself if this process dies without passing SIGTERM on.
+    return subprocess.Popen([*args, "workers", "--supervised"])
 
 
 @click.command("up")

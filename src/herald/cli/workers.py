@@ -46,15 +46,17 @@ def worker(ctx: Context, worker_id: int, supervised: bool) -> None:
 
 
 @click.command("workers")
+@click.option("--supervised", is_flag=True, hidden=True, help="Stop when the parent process goes away.")
 @pass_ctx
-def workers(ctx: Context) -> None:
+def workers(ctx: Context, supervised: bool) -> None:
     """Run the worker supervisor: nb_backend_workers workers, the outbox relay, crash recovery."""
     from herald.worker import Supervisor
 
     settings = ctx.settings
     setup_logging(settings, "worker.log")
     open_database(settings).dispose()  # the schema is at head before any worker starts
-    supervisor = Supervisor(settings, _herald_command(ctx))
+    parent = os.getppid() if supervised else None
+    supervisor = Supervisor(settings, _herald_command(ctx), parent_pid=parent)
     supervisor.install_signal_handlers()
     sys.exit(supervisor.run())
 
@@ -149,10 +151,11 @@ def dead(ctx: Context, limit: int, as_json: bool) -> None:
             ]
         )
         return
-    table = Table("job id", "changeset", "attempts", "died at (UTC)", "reason")
+    table = Table("changeset", "attempts", "died at (UTC)", "reason")
+    table.add_column("job id", no_wrap=True, min_width=32)  # whole, to copy into ``herald queue retry``
     for d in letters:
         changeset = "-" if d.changeset_id is None else str(d.changeset_id)
-        table.add_row(d.job_id, changeset, str(d.attempts), _when(d.died_at), d.reason)
+        table.add_row(changeset, str(d.attempts), _when(d.died_at), d.reason, d.job_id)
     Console().print(table)
 
 

@@ -1,0 +1,172 @@
+"""Cross-cutting behaviour around each job, as hooks rather than flags in the loop (Dramatiq's middleware).
+
+A :class:`Hook` has a no-op method per event. :class:`Hooks` calls ``worker_started`` and ``job_received``
+in order and ``job_settled`` and ``worker_stopping`` in reverse, so a hook that wraps a job (a timer, a
+heartbeat state) unwinds in the opposite order to its set-up. A failing hook is logged and skipped: it
+must never take a worker down.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from herald.queue import Job
+from herald.tracker.db import Database
+from herald.worker.delivery import DeliveryOutcome
+from herald.worker.heartbeat import Heartbeat
+
+if TYPE_CHECKING:
+    from herald.worker.loop import Worker
+
+__all__ = ["HeartbeatHook", "Hook", "Hooks", "JobResult", "LogHook"]
+
+log = logging.getLogger("herald.worker")
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """How a job was settled: ``ack``, ``retry`` (after ``delay``) or ``dead``."""
+
+    job: Job
+    action: str
+    outcome: DeliveryOutcome | None
+    delay: float
+    reason: str
+    duration_ms: float
+
+
+class Hook:
+    """Override the events you need; every method is a no-op here."""
+
+    def worker_started(self, worker: Worker) -> None:
+        pass
+
+    def worker_stopping(self, worker: Worker) -> None:
+        pass
+
+    def job_received(self, worker: Worker, job: Job) -> None:
+        pass
+
+    def job_settled(self, worker: Worker, result: JobResult) -> None:
+        pass
+
+
+class Hooks:
+    """An ordered list of hooks, called as described in the module docstring."""
+
+    def __init__(self, hooks: list[Hook]) -> None:
+        self._hooks = list(hooks)
+
+    def _call(self, name: str, hooks: list[Hook], *args: Any) -> None:
+        for hook in hooks:
+            try:
+                getattr(hook, name)(*args)
+            except Exception:
+                log.exception("hook %s.%s failed", type(hook).__name__, name)
+
+    def worker_started(self, worker: Worker) -> None:
+        self._call("worker_started", self._hooks, worker)
+
+    def job_received(self, worker: Worker, job: Job) -> None:
+        self._call("job_received", self._hooks, worker, job)
+
+    def job_settled(self, worker: Worker, result: JobResult) -> None:
+        self._call("job_settled", self._hooks[::-1], worker, result)
+
+    def worker_stopping(self, worker: Worker) -> None:
+        self._call("worker_stopping", self._hooks[::-1], worker)
+
+
+class LogHook(Hook):
+    """The ``worker.log`` lines of a job's life: received, then processed, retried or dead-lettered."""
+
+    def worker_started(self, worker: Worker) -> None:
+        s = worker.settings
+        log.info(
+            "%s started pid=%d queue=%s lease=%.1fs grace=%.1fs async_emails=%s",
+            worker.name,
+            worker.pid,
+            s.queue_backend,
+            s.lease_seconds,
+            s.worker_grace_seconds,
+            s.async_emails,
+        )
+
+    def job_received(self, worker: Worker, job: Job) -> None:
+        log.info(
+            "%s job received job_id=%s changeset_id=%d attempt=%d",
+            worker.name,
+            job.id,
+            job.changeset_id,
+            job.attempts,
+        )
+
+    def job_settled(self, worker: Worker, result: JobResult) -> None:
+        job, outcome = result.job, result.outcome
+        verdict = outcome.verdict.value if outcome is not None else "error"
+        counts = ""
+        if outcome is not None and outcome.recipients:
+            counts = f" sent={outcome.sent} failed={outcome.failed} retrying={outcome.retrying}"
+        if result.action == "ack":
+            log.info(
+                "%s job processed job_id=%s changeset_id=%d attempt=%d outcome=%s%s duration_ms=%.1f",
+                worker.name,
+                job.id,
+                job.changeset_id,
+                job.attempts,
+                verdict,
+                counts,
+                result.duration_ms,
+            )
+        elif result.action == "retry":
+            log.info(
+                "%s job retry job_id=%s changeset_id=%d attempt=%d outcome=%s%s delay=%.2fs "
+                "duration_ms=%.1f reason=%r",
+                worker.name,
+                job.id,
+                job.changeset_id,
+                job.attempts,
+                verdict,
+                counts,
+                result.delay,
+                result.duration_ms,
+                result.reason,
+            )
+        else:
+            log.error(
+                "%s job dead job_id=%s changeset_id=%d attempt=%d reason=%r",
+                worker.name,
+                job.id,
+                job.changeset_id,
+                job.attempts,
+                result.reason,
+            )
+
+    def worker_stopping(self, worker: Worker) -> None:
+        log.info("%s stopped after %d job(s)", worker.name, worker.jobs_done)
+
+
+class HeartbeatHook(Hook):
+    """Keeps the worker's heartbeat row (see :mod:`herald.worker.heartbeat`) with its current state."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._beat: Heartbeat | None = None
+        self._state: dict[str, Any] = {"state": "starting", "changeset_id": None, "jobs_done": 0}
+
+    def worker_started(self, worker: Worker) -> None:
+        self._state["state"] = "idle"
+        self._beat = Heartbeat(self.db, worker.consumer, "worker", lambda: dict(self._state))
+        self._beat.start()
+
+    def job_received(self, worker: Worker, job: Job) -> None:
+        self._state.update(state="busy", changeset_id=job.changeset_id)
+
+    def job_settled(self, worker: Worker, result: JobResult) -> None:
+        self._state.update(state="idle", changeset_id=None, jobs_done=worker.jobs_done)
+
+    def worker_stopping(self, worker: Worker) -> None:
+        if self._beat is not None:
+            self._beat.stop()
