@@ -31,24 +31,13 @@ def list_(ctx: Context, limit: int, recipient: str | None, as_json: bool) -> Non
     """Newest messages first."""
     items = _box(ctx).list_messages(limit=limit, recipient=recipient)
     if as_json:
-        echo_json([_as_dict(m) for m in items])
+        echo_json([m.as_dict() for m in items])
         return
     table = Table("key", "date", "to", "subject")
     for m in items:
         # escape: a subject such as "[bug #1] ..." is text, not rich markup
         table.add_row(m.key, m.date.strftime("%Y-%m-%d %H:%M:%S"), escape(m.recipient), escape(m.subject))
     Console().print(table)
-
-
-def _as_dict(m) -> dict[str, object]:  # type: ignore[no-untyped-def]
-    return {
-        "key": m.key,
-        "date": m.date.isoformat(),
-        "from": m.sender,
-        "to": m.recipient,
-        "subject": m.subject,
-        "message_id": m.message_id,
-    }
 
 
 @mailbox.command("show")

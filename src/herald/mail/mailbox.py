@@ -46,6 +46,17 @@ class MailSummary:
     subject: str
     message_id: str | None
 
+    def as_dict(self) -> dict[str, str | None]:
+        """JSON-ready, as the CLI and the API show it."""
+        return {
+            "key": self.key,
+            "date": self.date.isoformat(),
+            "from": self.sender,
+            "to": self.recipient,
+            "subject": self.subject,
+            "message_id": self.message_id,
+        }
+
 
 class MailboxTransport(Transport):
     """Stores each message in the Maildir ``settings.mailbox_dir`` and reads them back for the CLI and web."""

@@ -6,68 +6,66 @@ inline delivery for projects not in ``async_emails``, a queue push (ids only) fo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Response
+from sqlalchemy.orm import Session
 
 from herald.tracker import subscriptions
 from herald.tracker.artifacts import create_artifact, get_artifact, update_artifact
-from herald.tracker.models import DispatchMode, User
+from herald.tracker.models import Changeset, User
 from herald.web.auth import AnyCaller, Caller
 from herald.web.routes.common import Id, RuntimeDep
+from herald.web.runtime import Runtime
 from herald.web.schemas import ArtifactCreate, ArtifactUpdate, SubscriptionChange
 from herald.web.views import artifact_view
 
 router = APIRouter(prefix="/api", tags=["artifacts"])
 
 
-def _answer(runtime: Any, artifact: Any, changeset_id: int, mode: DispatchMode, user: User) -> dict[str, Any]:
-    return {
-        "artifact": artifact_view(artifact, user, with_history=False),
-        "changeset_id": changeset_id,
-        "notification": {"mode": mode.value, "status": f"/api/changesets/{changeset_id}/notification"},
-    }
+def _change(runtime: Runtime, caller: User, change: Callable[[Session, User], Changeset]) -> dict[str, Any]:
+    """Commit ``change`` (which writes the changeset and its outbox row), then hand the notification on."""
+    with runtime.db.session() as s:
+        author = s.merge(caller, load=False)
+        cs = change(s, author)
+        mode = runtime.dispatcher.mode_for(cs.artifact.tracker.project_id)
+        answer = {
+            "artifact": artifact_view(cs.artifact, author, with_history=False),
+            "changeset_id": cs.id,
+            "notification": {"mode": mode.value, "status": f"/api/changesets/{cs.id}/notification"},
+        }
+    runtime.dispatcher.after_commit(cs.id, mode)
+    return answer
 
 
 @router.post("/trackers/{tracker_id}/artifacts", status_code=201)
 def post_artifact(
     tracker_id: Id, body: ArtifactCreate, caller: Caller, runtime: RuntimeDep
 ) -> dict[str, Any]:
-    modes: list[DispatchMode] = []
-
-    def mode_for(project_id: int) -> DispatchMode:
-        modes.append(runtime.dispatcher.mode_for(project_id))
-        return modes[-1]
-
-    with runtime.db.session() as s:
-        author = s.merge(caller, load=False)
-        cs = create_artifact(
+    return _change(
+        runtime,
+        caller,
+        lambda s, author: create_artifact(
             s,
             tracker_id=tracker_id,
             author=author,
             values=body.values,
             comment=body.comment,
             comment_private=body.comment_private,
-            mode_for=mode_for,
-        )
-        answer = _answer(runtime, cs.artifact, cs.id, modes[0], author)
-    runtime.dispatcher.after_commit(cs.id, modes[0])
-    return answer
+            mode_for=runtime.dispatcher.mode_for,
+        ),
+    )
 
 
 @router.patch("/artifacts/{artifact_id}")
 def patch_artifact(
     artifact_id: Id, body: ArtifactUpdate, caller: Caller, runtime: RuntimeDep
 ) -> dict[str, Any]:
-    modes: list[DispatchMode] = []
-
-    def mode_for(project_id: int) -> DispatchMode:
-        modes.append(runtime.dispatcher.mode_for(project_id))
-        return modes[-1]
-
-    with runtime.db.session() as s:
-        author = s.merge(caller, load=False)
-        cs = update_artifact(
+    return _change(
+        runtime,
+        caller,
+        lambda s, author: update_artifact(
             s,
             artifact_id=artifact_id,
             author=author,
@@ -75,11 +73,9 @@ def patch_artifact(
             comment=body.comment,
             comment_private=body.comment_private,
             expected_version=body.version,
-            mode_for=mode_for,
-        )
-        answer = _answer(runtime, cs.artifact, cs.id, modes[0], author)
-    runtime.dispatcher.after_commit(cs.id, modes[0])
-    return answer
+            mode_for=runtime.dispatcher.mode_for,
+        ),
+    )
 
 
 @router.get("/artifacts/{artifact_id}", summary="An artifact and its history, as the caller may see them")

@@ -37,17 +37,7 @@ def list_mail(
     items = box.list_messages(limit=limit, offset=offset, recipient=recipient)
     return {
         "total": box.count(),
-        "messages": [
-            {
-                "key": m.key,
-                "date": m.date.isoformat(),
-                "from": m.sender,
-                "to": m.recipient,
-                "subject": m.subject,
-                "message_id": m.message_id,
-            }
-            for m in items
-        ],
+        "messages": [m.as_dict() for m in items],
     }
 
 
