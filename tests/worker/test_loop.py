@@ -174,9 +174,11 @@ def test_stop_finishes_the_job_in_hand_within_the_grace_period(pool: Pool):
 
 
 def test_the_lease_keeper_keeps_a_long_job_from_being_taken_for_a_dead_one(pool: Pool):
-    slow = Slow(make_transport(pool.bed.settings), 0.5)  # 1.5 s per job, lease 0.6 s
-    pool.start(transport=slow, lease_seconds=0.6)
-    pool.start(worker_id=2, lease_seconds=0.6)
+    # 3 s per job against a 2 s lease: only the keeper's renewals (every lease/3) keep the job. The lease
+    # is not shorter because a loaded CI machine can delay a renewal by a few hundred milliseconds.
+    slow = Slow(make_transport(pool.bed.settings), 1.0)
+    pool.start(transport=slow, lease_seconds=2.0)
+    pool.start(worker_id=2, lease_seconds=2.0)
     cs = pool.push()
     wait_until(lambda: pool.done(cs), "the slow job to be done")
     ids = message_ids(pool.bed.server)
