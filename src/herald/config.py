@@ -109,6 +109,7 @@ class Settings:
     redis_password: str | None = field(default=None, repr=False)
     redis_url: str | None = field(default=None, repr=False)
     redis_tls: bool = False
+    redis_ca_file: Path | None = None
     redis_namespace: str = "herald"
     logger_level: str = "info"
     log_dir: Path = Path()
@@ -337,6 +338,7 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "redis_password": _as_opt_str,
     "redis_url": _as_redis_url,
     "redis_tls": _as_bool,
+    "redis_ca_file": _as_path,
     "redis_namespace": _as_namespace,
     "logger_level": _one_of(LOG_LEVELS),
     "log_dir": _as_path,
@@ -426,8 +428,9 @@ def _complete(values: dict[str, Any]) -> Settings:
             f"smtp_user is set with smtp_security = 'none' for {host!r}: the password would cross the "
             "network in clear; use starttls or tls"
         )
-    if values.get("smtp_ca_file") and not Path(values["smtp_ca_file"]).is_file():
-        raise ConfigError(f"smtp_ca_file = {str(values['smtp_ca_file'])!r} is not a readable file")
+    for key in ("smtp_ca_file", "redis_ca_file"):
+        if values.get(key) and not Path(values[key]).is_file():
+            raise ConfigError(f"{key} = {str(values[key])!r} is not a readable file")
     retry_base = values.get("retry_base_seconds", 2.0)
     if values.get("retry_max_seconds", 600.0) < retry_base:
         raise ConfigError("retry_max_seconds must not be smaller than retry_base_seconds")

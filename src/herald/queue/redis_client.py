@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import redis
-from redis.backoff import ExponentialBackoff
+from redis.backoff import AbstractBackoff, ExponentialBackoff
 from redis.retry import Retry
 
 from herald.config import Settings
@@ -32,22 +32,36 @@ _UNAVAILABLE: tuple[type[Exception], ...] = (
 )
 
 
-def connect(settings: Settings) -> redis.Redis:
-    """A client for ``settings``' Redis (password, ACL user and ``rediss://`` TLS come from the URL).
+def connect(
+    settings: Settings,
+    *,
+    connect_timeout: float = CONNECT_TIMEOUT,
+    socket_timeout: float = SOCKET_TIMEOUT,
+    backoff: AbstractBackoff | None = None,
+    client_name: str | None = None,
+) -> redis.Redis:
+    """A client for ``settings``' Redis (password, ACL user and ``rediss://`` TLS come from the URL;
+    ``redis_ca_file`` names the CA that signs the server's certificate).
 
     No I/O happens here; the first command connects. A command that meets a dropped connection (a
     Redis restart) is retried once on a fresh one, so a restart costs callers nothing; a server that is
-    really down fails fast with :class:`QueueUnavailable` instead of blocking a worker in backoff.
+    really down fails fast with :class:`QueueUnavailable` instead of blocking a worker in backoff. The
+    front end passes shorter timeouts: a dead Redis must not hold a request.
     """
     url = settings.redis_connection_url()
     if not url:
         raise QueueError("queue_backend = 'redis' needs redis_server or redis_url")
+    tls: dict[str, str] = {}
+    if settings.redis_ca_file is not None and url.startswith("rediss://"):
+        tls = {"ssl_ca_certs": str(settings.redis_ca_file), "ssl_cert_reqs": "required"}
     return redis.Redis.from_url(
         url,
-        socket_connect_timeout=CONNECT_TIMEOUT,
-        socket_timeout=SOCKET_TIMEOUT,
-        retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
+        socket_connect_timeout=connect_timeout,
+        socket_timeout=socket_timeout,
+        retry=Retry(backoff or ExponentialBackoff(cap=0.2, base=0.05), 1),
         protocol=2,
+        client_name=client_name,
+        **tls,
     )
 
 

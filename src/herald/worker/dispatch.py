@@ -177,21 +177,16 @@ def _front_end_queue(settings: Settings) -> tuple[Queue, Callable[[], None]]:
     if settings.queue_backend != "redis":
         queue = make_queue(settings)
         return queue, queue.close
-    import redis
     from redis.backoff import NoBackoff
-    from redis.retry import Retry
 
     from herald.queue.redis_backend import RedisQueue
+    from herald.queue.redis_client import connect
 
-    url = settings.redis_connection_url()
-    if not url:
-        raise QueueError("queue_backend = 'redis' needs redis_server or redis_url")
-    client = redis.Redis.from_url(
-        url,
-        socket_connect_timeout=FRONT_END_CONNECT_TIMEOUT,
+    client = connect(
+        settings,
+        connect_timeout=FRONT_END_CONNECT_TIMEOUT,
         socket_timeout=FRONT_END_SOCKET_TIMEOUT,
-        retry=Retry(NoBackoff(), 1),
-        protocol=2,
+        backoff=NoBackoff(),
         client_name="herald-web",
     )
     queue = RedisQueue(settings, client=client)
