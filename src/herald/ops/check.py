@@ -79,7 +79,7 @@ def run_check(
 
 def _check_backlog(settings: Settings, db: Database, report: CheckReport) -> Backlog | None:
     try:
-        with db.session() as session:
+        with db.read() as session:
             backlog = read_backlog(session, settings.stale_after_seconds)
     except Exception as exc:  # the check reports a broken part, it does not crash on it
         report.add(Status.CRITICAL, f"the tracker database cannot be read: {exc.__class__.__name__}")

@@ -39,7 +39,7 @@ class HeraldCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("herald_up", "Whether each part answered this scrape", labels=["part"])
         try:
-            with self.db.session() as session:
+            with self.db.read() as session:
                 backlog = read_backlog(session, self.settings.stale_after_seconds)
             up.add_metric(["database"], 1)
         except Exception as exc:  # a scrape reports a broken part as down, it does not fail

@@ -12,19 +12,22 @@ from sqlalchemy.orm import Session, sessionmaker
 __all__ = ["Database", "make_engine"]
 
 
-def make_engine(url: str, *, echo: bool = False) -> Engine:
-    """An engine tuned for herald: SQLite gets WAL, foreign keys and serialized writers."""
+def make_engine(url: str, *, echo: bool = False, reader: bool = False) -> Engine:
+    """An engine tuned for herald: SQLite gets WAL, foreign keys and serialized writers.
+
+    ``reader`` (SQLite only) makes an engine whose transactions take no write lock, for read-only work.
+    """
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[1] if ":///" in url else ""
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, echo=echo, connect_args={"check_same_thread": False, "timeout": 30})
-        _tune_sqlite(engine)
+        _tune_sqlite(engine, begin="BEGIN" if reader else "BEGIN IMMEDIATE")
         return engine
     return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
-def _tune_sqlite(engine: Engine) -> None:
+def _tune_sqlite(engine: Engine, begin: str) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
         # pysqlite's own transaction handling defers BEGIN and cannot do BEGIN IMMEDIATE; take it over.
@@ -39,17 +42,21 @@ def _tune_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(conn):  # type: ignore[no-untyped-def]
         # IMMEDIATE takes the write lock up front, so two read-modify-write transactions on one artifact
-        # serialize instead of one failing late with "database is locked" (or losing an update).
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # serialize instead of one failing late with "database is locked" (or losing an update). Readers
+        # use a plain BEGIN: a consistent WAL snapshot that neither waits for nor blocks the writer.
+        conn.exec_driver_sql(begin)
 
 
 class Database:
-    """Owns the engine and hands out sessions that commit on success and roll back on error."""
+    """Owns the engines and hands out sessions: ``session()`` commits on success and rolls back on error;
+    ``read()`` is for reads only and never holds SQLite's single write lock."""
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = url
         self.engine = make_engine(url, echo=echo)
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
+        self._read_engine = make_engine(url, echo=echo, reader=True) if url.startswith("sqlite") else None
+        self._read_factory = sessionmaker(self._read_engine or self.engine, expire_on_commit=False)
 
     @property
     def is_postgres(self) -> bool:
@@ -67,5 +74,18 @@ class Database:
         finally:
             session.close()
 
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A read-only session: whatever it would change is rolled back."""
+        session = self._read_factory()
+        try:
+            yield session
+        finally:
+            # close() rolls the transaction back without expiring what was loaded (rollback() would),
+            # so objects read here stay usable, detached, by the caller.
+            session.close()
+
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._read_engine is not None:
+            self._read_engine.dispose()

@@ -40,7 +40,7 @@ def principal(request: Request, runtime: Annotated[Runtime, Depends(get_runtime)
     admin = runtime.settings.admin_token or ""
     if admin and hmac.compare_digest(token.encode(), admin.encode()):
         return Principal(user=None)
-    with runtime.db.session() as session:
+    with runtime.db.read() as session:
         user = authenticate(session, token)
     if user is None:
         raise HTTPException(401, "invalid or revoked token", _CHALLENGE)

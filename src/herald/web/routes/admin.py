@@ -42,7 +42,7 @@ def _self_or_admin(caller: AnyCaller, user_id: int) -> None:
 @router.get("/users/{user_id}")
 def read_user(user_id: Id, caller: AnyCaller, runtime: RuntimeDep) -> dict[str, Any]:
     _self_or_admin(caller, user_id)
-    with runtime.db.session() as s:
+    with runtime.db.read() as s:
         return user_view(get_user(s, user_id))
 
 
@@ -67,7 +67,7 @@ def post_project(body: ProjectCreate, _: Admin, runtime: RuntimeDep) -> dict[str
 
 @router.get("/projects/{project_id}")
 def read_project(project_id: Id, caller: AnyCaller, runtime: RuntimeDep) -> dict[str, Any]:
-    with runtime.db.session() as s:
+    with runtime.db.read() as s:
         project = get_project(s, project_id)
         if caller.user is not None and not permissions.can_read_artifact(caller.user, project):
             raise HTTPException(404, f"project {project_id} does not exist")
@@ -99,7 +99,7 @@ def post_tracker(body: TrackerCreate, _: Admin, runtime: RuntimeDep) -> dict[str
 
 @router.get("/trackers/{tracker_id}")
 def read_tracker(tracker_id: Id, caller: AnyCaller, runtime: RuntimeDep) -> dict[str, Any]:
-    with runtime.db.session() as s:
+    with runtime.db.read() as s:
         tracker = get_tracker(s, tracker_id)
         if caller.user is not None and not permissions.can_read_artifact(caller.user, tracker.project):
             raise HTTPException(404, f"tracker {tracker_id} does not exist")

@@ -80,7 +80,7 @@ def patch_artifact(
 
 @router.get("/artifacts/{artifact_id}", summary="An artifact and its history, as the caller may see them")
 def read_artifact(artifact_id: Id, caller: AnyCaller, runtime: RuntimeDep) -> dict[str, Any]:
-    with runtime.db.session() as s:
+    with runtime.db.read() as s:
         viewer = s.merge(caller.user, load=False) if caller.user is not None else None
         return artifact_view(get_artifact(s, artifact_id, viewer), viewer)
 

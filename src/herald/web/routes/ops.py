@@ -74,7 +74,7 @@ def admin_page(request: Request, runtime: RuntimeDep) -> HTMLResponse:
     if not _logged_in(request, runtime):
         return page("login.html")
     report = run_check(runtime.settings, runtime.db, runtime.queue, runtime.live_workers)
-    with runtime.db.session() as s:
+    with runtime.db.read() as s:
         backlog = read_backlog(s, runtime.settings.stale_after_seconds)
         recent = s.execute(
             select(Notification, func.count(Delivery.id))

@@ -29,7 +29,7 @@ def healthz(runtime: RuntimeDep) -> JSONResponse:
 
 @router.get("/api/changesets/{changeset_id}/notification", summary="The job and each recipient's delivery")
 def changeset_notification(changeset_id: Id, _: Admin, runtime: RuntimeDep) -> dict[str, Any]:
-    with runtime.db.session() as s:
+    with runtime.db.read() as s:
         notification = s.get(Notification, changeset_id)
         if notification is None:
             raise NotFound(f"changeset {changeset_id} has no notification")

@@ -32,7 +32,7 @@ def confirm(token: Token, runtime: RuntimeDep) -> HTMLResponse:
     ids = verify_unsubscribe_token(runtime.settings.secret_key or "", token)
     if ids is None:
         return page("unsubscribe.html", status_code=404, invalid=True)
-    with runtime.db.session() as s:
+    with runtime.db.read() as s:
         return page("unsubscribe.html", what=_what(s.get(Artifact, ids[1])))
 
 
