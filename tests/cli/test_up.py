@@ -7,23 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx2 as httpx
 import pytest
 
 from tests.support.services import free_port
-
-
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
@@ -48,7 +38,7 @@ def herald_up(tmp_path: Path):
         except httpx.TransportError:
             return False
 
-    _wait_for(healthy, 30, "herald up to answer /healthz")
+    wait_until(healthy, "herald up to answer /healthz", timeout=30)
     yield proc, base, tmp_path / "var"
     if proc.poll() is None:
         proc.kill()
@@ -82,10 +72,10 @@ def test_up_demo_serves_notifies_inline_and_stops_cleanly(herald_up):
     assert "[bug #1] Saving a draft loses the attachments" in subjects
 
     # The seeded creation (committed before the server started) reaches its recipients through the relay.
-    _wait_for(
+    wait_until(
         lambda: httpx.get(f"{base}/api/changesets/1/notification", headers=admin).json()["state"] == "done",
-        20,
         "the seeded changeset to be delivered",
+        timeout=20,
     )
 
     log = (var / "log" / "herald.log").read_text()

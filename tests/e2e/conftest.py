@@ -7,12 +7,12 @@ default, so CI runs are repeatable). Every wait is on an event: mail received, r
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -31,22 +31,12 @@ from herald.worker.outbox import aware, utcnow
 from tests.support.redis_server import RedisServer
 from tests.support.smtp import SmtpServer
 from tests.support.tracker import World, build_world, make_database
+from tests.support.waiting import wait_until as _wait_until
 
 SEED = int(os.environ.get("HERALD_TEST_SEED", "20261128"))
 RECIPIENTS = ("bob@example.org", "carol@example.org", "dave@example.org")
 DEADLINE = 40.0
-
-
-def wait_until(predicate: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
-    """Poll ``predicate`` (a cheap look at the SMTP recorder, the database or a process) until it holds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
+wait_until = functools.partial(_wait_until, timeout=DEADLINE)
 
 
 @dataclass

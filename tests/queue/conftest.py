@@ -8,6 +8,7 @@ a claimer is really blocked inside the server rather than about to be.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 import time
 import uuid
@@ -25,20 +26,10 @@ from herald.queue.keys import JOB_FIELD, RedisKeys
 from herald.queue.sql_backend import SqlQueue
 from herald.queue.sql_schema import READY, queue_table
 from tests.support.redis_server import RedisServer
+from tests.support.waiting import wait_until as _wait_until
 
 WAIT_SECONDS = 5.0
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = WAIT_SECONDS, what: str = "condition") -> Any:
-    """Wait for ``predicate`` to hold (checked every few ms), failing the test after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.005)
+wait_until = functools.partial(_wait_until, timeout=WAIT_SECONDS)
 
 
 @dataclass

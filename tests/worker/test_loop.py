@@ -4,9 +4,10 @@ settle; malformed jobs; queue outages; shutdown with a grace period; the lease k
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from email.message import EmailMessage
 
 import pytest
@@ -20,17 +21,11 @@ from herald.worker.dispatch import build_dispatcher
 from herald.worker.heartbeat import alive
 from herald.worker.loop import Worker
 from tests.support.redis_server import RedisServer
+from tests.support.waiting import wait_until as _wait_until
 from tests.worker.conftest import Bed, message_ids, notification
 
 WAIT = 10.0
-
-
-def wait_until(predicate: Callable[[], object], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.01)
+wait_until = functools.partial(_wait_until, timeout=WAIT)
 
 
 class Slow(Transport):
