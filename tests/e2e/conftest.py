@@ -191,8 +191,8 @@ class Stack:
 
     def wait_all_delivered(self, timeout: float = DEADLINE) -> Tally:
         expected = 3 * len(self.changesets)
-        wait_until(lambda: self.tally().unique >= expected, f"{expected} distinct mails", timeout)
-        wait_until(self.all_done, "every notification done", timeout)
+        wait_until(lambda: self.tally().unique >= expected, f"{expected} distinct mails", timeout=timeout)
+        wait_until(self.all_done, "every notification done", timeout=timeout)
         return self.tally()
 
 
