@@ -155,6 +155,7 @@ class Supervisor:
 
     def _announce(self) -> None:
         s = self.settings
+        self._warn_about_redis()
         if not self.spawn:
             log.info(
                 "relay started pid=%d queue=%s (workers are managed elsewhere)", os.getpid(), s.queue_backend
@@ -177,6 +178,22 @@ class Supervisor:
                 "async_emails is false: one recovery worker finishes inline notifications that must be "
                 "retried or whose request died before delivering"
             )
+
+    def _warn_about_redis(self) -> None:
+        """At start, the same Redis hardening warnings as ``herald doctor`` (weak password, no AOF...)."""
+        if self.settings.queue_backend != "redis":
+            return
+        from herald.queue.health import redis_health
+        from herald.queue.redis_client import connect
+
+        client = connect(self.settings)
+        try:
+            for warning in redis_health(client):
+                log.warning("redis: %s", warning)
+        except QueueError as exc:
+            log.warning("redis: cannot check its configuration yet: %s", exc)
+        finally:
+            client.close()
 
     def _info(self) -> dict[str, Any]:
         alive = sum(1 for slot in self.slots if slot.process is not None and slot.process.poll() is None)
