@@ -114,3 +114,36 @@ def test_metrics_and_queue_stats(api: Api):
     stats = api.client.get("/api/queue", headers=api.admin).json()
     assert stats["backend"] == "sql" and stats["depth"] == 0
     assert api.client.get("/api/queue", headers=api.as_user("alice")).status_code == 403
+
+
+class TestArtifactPage:
+    def test_public_artifact_shows_only_what_anyone_may_read(self, api: Api):
+        r = api.client.post(
+            f"/api/trackers/{api.world.bugs.id}/artifacts",
+            json={"values": {"title": "<script>alert(1)</script>", "assigned_to": "bob",
+                             "internal_notes": "root cause: secret", "security_score": 9},
+                  "comment": "public words"},
+            headers=api.as_user("alice"),
+        )  # fmt: skip
+        art = r.json()["artifact"]["id"]
+        api.client.patch(
+            f"/api/artifacts/{art}", json={"comment": "members only words", "comment_private": True},
+            headers=api.as_user("alice"),
+        )  # fmt: skip
+        page = api.client.get(f"/artifacts/{art}")
+        assert page.status_code == 200
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text and "<script>" not in page.text
+        assert "Bob" in page.text and "public words" in page.text
+        for hidden in ("root cause: secret", "Security score", "members only words"):
+            assert hidden not in page.text
+
+    def test_private_and_unknown_artifacts_are_not_shown(self, api: Api):
+        r = api.client.post(
+            f"/api/trackers/{api.world.secret_bugs.id}/artifacts",
+            json={"values": {"title": "Hidden plan"}},
+            headers=api.as_user("carol"),
+        )
+        art = r.json()["artifact"]["id"]
+        for path in (f"/artifacts/{art}", "/artifacts/99999"):
+            page = api.client.get(path)
+            assert page.status_code == 404 and "Hidden plan" not in page.text

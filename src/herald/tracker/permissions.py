@@ -14,6 +14,8 @@ from __future__ import annotations
 from herald.tracker.models import Changeset, Field, Project, ReadPermission, Role, User
 
 __all__ = [
+    "anonymous_can_read_comment",
+    "anonymous_can_read_field",
     "can_comment",
     "can_create_artifact",
     "can_read_artifact",
@@ -45,6 +47,16 @@ def can_read_comment(user: User, changeset: Changeset, project: Project) -> bool
     if not changeset.comment or not can_read_artifact(user, project):
         return False
     return not changeset.comment_private or project.role_of(user.id) is not None
+
+
+def anonymous_can_read_field(field: Field, project: Project) -> bool:
+    """What someone not signed in (a bare address on a global list, a link opened from a mail) may read:
+    fields readable by all, in public projects only."""
+    return project.public and field.read_permission is ReadPermission.ALL
+
+
+def anonymous_can_read_comment(changeset: Changeset, project: Project) -> bool:
+    return project.public and bool(changeset.comment) and not changeset.comment_private
 
 
 def can_create_artifact(user: User, project: Project) -> bool:

@@ -12,7 +12,7 @@ from herald.queue import make_queue
 from herald.tracker.db import Database
 from herald.web import errors
 from herald.web.limits import BodySizeLimit
-from herald.web.routes import admin, artifacts, mailbox, ops, status, unsubscribe
+from herald.web.routes import admin, artifact_page, artifacts, mailbox, ops, status, unsubscribe
 from herald.web.runtime import Dispatcher, Runtime
 from herald.worker.heartbeat import live_worker_count
 
@@ -58,5 +58,6 @@ def create_app(settings: Settings, *, dispatcher_factory: DispatcherFactory | No
     app.include_router(mailbox.router)
     app.include_router(unsubscribe.router)
     app.include_router(ops.router)
+    app.include_router(artifact_page.router)
     app.add_middleware(BodySizeLimit)
     return app
