@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from herald.queue import Job, LeaseLost, QueueStats, decode_job
+from herald.queue import Job, LeaseLost, Queue, QueueStats, decode_job
 from herald.queue.base import MAX_PAYLOAD_BYTES
 from tests.queue.conftest import Backend, wait_until
 
@@ -47,18 +47,25 @@ def test_claim_returns_none_after_its_timeout(backend: Backend) -> None:
     assert time.monotonic() - started < 0.5
 
 
-def test_blocked_claim_wakes_as_soon_as_another_worker_enqueues(backend: Backend) -> None:
-    consumer, producer = backend.make(), backend.make()
-    blocked = backend.watch_blocked(consumer)
+def _claim_blocked_in_a_thread(backend: Backend, queue: Queue) -> tuple[threading.Thread, dict[str, object]]:
+    """Start a 20 s claim on ``queue`` in a thread and return once it is blocked; ``got`` receives the
+    claimed job ("job") and the moment the claim returned ("at")."""
+    blocked = backend.watch_blocked(queue)
     got: dict[str, object] = {}
 
     def claim() -> None:
-        got["job"] = consumer.claim("w", timeout=20)
+        got["job"] = queue.claim("w", timeout=20)
         got["at"] = time.monotonic()
 
     thread = threading.Thread(target=claim)
     thread.start()
     wait_until(blocked, what="the claimer to block")
+    return thread, got
+
+
+def test_blocked_claim_wakes_as_soon_as_another_worker_enqueues(backend: Backend) -> None:
+    consumer, producer = backend.make(), backend.make()
+    thread, got = _claim_blocked_in_a_thread(backend, consumer)
     job = Job.new(7)
     pushed = time.monotonic()
     producer.enqueue(job)
@@ -361,16 +368,7 @@ def test_ack_of_a_job_that_was_never_claimed_is_a_caller_bug(backend: Backend) -
 
 def test_close_releases_a_claim_blocked_in_another_thread(backend: Backend) -> None:
     queue = backend.make()
-    blocked = backend.watch_blocked(queue)
-    got: dict[str, object] = {}
-
-    def claim() -> None:
-        got["job"] = queue.claim("w", timeout=20)
-        got["at"] = time.monotonic()
-
-    thread = threading.Thread(target=claim)
-    thread.start()
-    wait_until(blocked, what="the claimer to block")
+    thread, got = _claim_blocked_in_a_thread(backend, queue)
     closed = time.monotonic()
     queue.close()
     thread.join(timeout=5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from herald.config import Settings, ensure_secrets
 from herald.tracker.artifacts import create_artifact, update_artifact
 from herald.tracker.db import Database
 from herald.tracker.models import Delivery, DispatchMode, Notification
+from tests.support.redis_server import RedisServer
 from tests.support.smtp import SmtpServer, smtp_settings
 from tests.support.tracker import World, build_world
 
@@ -139,3 +141,15 @@ def capture_log() -> Iterator[Callable[[str], Records]]:
     for logger, handler, level in attached:
         logger.removeHandler(handler)
         logger.setLevel(level)
+
+
+@pytest.fixture
+def redis_bed(bed: Bed, redis_server: RedisServer, redis_namespace: str) -> Bed:
+    bed.settings = dataclasses.replace(
+        bed.settings,
+        queue_backend="redis",
+        redis_url=redis_server.url,
+        redis_namespace=redis_namespace,
+        async_emails=dataclasses.replace(bed.settings.async_emails, all=True),
+    )
+    return bed

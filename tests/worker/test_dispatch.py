@@ -17,18 +17,6 @@ from tests.support.services import free_port
 from tests.worker.conftest import Bed, deliveries, notification
 
 
-@pytest.fixture
-def redis_bed(bed: Bed, redis_server: RedisServer, redis_namespace: str) -> Bed:
-    bed.settings = dataclasses.replace(
-        bed.settings,
-        queue_backend="redis",
-        redis_url=redis_server.url,
-        redis_namespace=redis_namespace,
-        async_emails=dataclasses.replace(bed.settings.async_emails, all=True),
-    )
-    return bed
-
-
 def test_inline_delivers_in_the_request_and_logs_start_and_end(bed: Bed, capture_log):
     log = capture_log("herald.notification")
     dispatcher = build_dispatcher(bed.settings, bed.db)

@@ -79,15 +79,8 @@ class Pool:
 
 
 @pytest.fixture
-def pool(bed: Bed, redis_server: RedisServer, redis_namespace: str) -> Iterator[Pool]:
-    bed.settings = dataclasses.replace(
-        bed.settings,
-        queue_backend="redis",
-        redis_url=redis_server.url,
-        redis_namespace=redis_namespace,
-        async_emails=dataclasses.replace(bed.settings.async_emails, all=True),
-    )
-    p = Pool(bed, [])
+def pool(redis_bed: Bed) -> Iterator[Pool]:
+    p = Pool(redis_bed, [])
     yield p
     for worker, thread, _codes in p.threads:
         worker.request_stop()
