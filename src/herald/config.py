@@ -18,7 +18,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["AsyncEmails", "ConfigError", "Settings", "ensure_secrets", "load_settings", "parse_async_emails"]
+__all__ = [
+    "AsyncEmails",
+    "ConfigError",
+    "RateLimit",
+    "Settings",
+    "ensure_secrets",
+    "load_settings",
+    "parse_async_emails",
+    "parse_duration",
+    "parse_rate_limit",
+]
 
 ENV_PREFIX = "HERALD_"
 CONFIG_ENV = "HERALD_CONFIG"
@@ -82,6 +92,58 @@ def parse_async_emails(value: object) -> AsyncEmails:
     return AsyncEmails(projects=frozenset(ids))
 
 
+@dataclass(frozen=True)
+class RateLimit:
+    """``smtp_rate_limit``: at most ``count`` sends per ``period`` seconds, across a host's workers."""
+
+    count: int
+    period: float
+
+    def __str__(self) -> str:
+        unit = {1.0: "s", 60.0: "min", 3600.0: "hour"}.get(self.period, f"{self.period:g}s")
+        return f"{self.count}/{unit}"
+
+
+_RATE_UNITS = {"s": 1.0, "sec": 1.0, "second": 1.0, "min": 60.0, "minute": 60.0, "h": 3600.0, "hour": 3600.0}
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_rate_limit(value: object) -> RateLimit | None:
+    """Parse ``smtp_rate_limit``: ``"30/min"``, ``"5/s"``, ``"1000/hour"``; ``""``/``"none"``/false: none."""
+    allowed = 'a count per unit such as "30/min", "5/s" or "1000/hour", or "none"'
+    if value is False or value is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"smtp_rate_limit = {value!r} is not allowed: use {allowed}")
+    text = value.strip().lower()
+    if text in ("", "none", "false"):
+        return None
+    count, _, unit = text.partition("/")
+    count, unit = count.strip(), unit.strip()
+    if not (count.isascii() and count.isdigit()) or int(count) < 1 or unit not in _RATE_UNITS:
+        raise ConfigError(f"smtp_rate_limit = {value!r} is not allowed: use {allowed}")
+    return RateLimit(int(count), _RATE_UNITS[unit])
+
+
+def parse_duration(key: str, value: object, lo: float, hi: float) -> float:
+    """Seconds, from a number or a string such as ``"90s"``, ``"30m"``, ``"12h"``, ``"5d"``."""
+    allowed = f'seconds, or a number with s, m, h or d such as "5d" (from {lo:g} s to {hi:g} s)'
+    seconds: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower()
+        factor = _DURATION_UNITS.get(text[-1:], None) if text else None
+        number = text[:-1] if factor is not None else text
+        try:
+            seconds = float(number) * (factor or 1.0)
+        except ValueError:
+            seconds = None
+    if seconds is None or seconds != seconds or not lo <= seconds <= hi:
+        raise ConfigError(f"{key} = {value!r} is not allowed: expected {allowed}")
+    return seconds
+
+
 @dataclass(frozen=True, repr=False)
 class Settings:
     """Every setting herald reads, validated. Build it with :func:`load_settings`."""
@@ -120,8 +182,11 @@ class Settings:
     lease_seconds: float = 30.0
     retry_base_seconds: float = 2.0
     retry_max_seconds: float = 600.0
-    delivery_max_attempts: int = 8
+    delivery_max_age: float = 5 * 24 * 3600.0
     worker_grace_seconds: float = 30.0
+    worker_concurrency: int = 32
+    smtp_max_connections: int = 64
+    smtp_rate_limit: RateLimit | None = None
 
     @property
     def sqlite_path(self) -> Path:
@@ -162,7 +227,7 @@ class Settings:
                 value = "********"
             elif f.name == "database_url":
                 value = _redact_url(value)
-            elif isinstance(value, Path | AsyncEmails):
+            elif isinstance(value, Path | AsyncEmails | RateLimit):
                 value = str(value)
             out[f.name] = value
         return out
@@ -349,8 +414,11 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "lease_seconds": _as_float(0.5, 3600),
     "retry_base_seconds": _as_float(0.01, 3600),
     "retry_max_seconds": _as_float(0.01, 7 * 24 * 3600),
-    "delivery_max_attempts": _as_int(1, 1000),
+    "delivery_max_age": lambda key, value: parse_duration(key, value, 1.0, 60 * 24 * 3600.0),
     "worker_grace_seconds": _as_float(0, 3600),
+    "worker_concurrency": _as_int(1, 1024),
+    "smtp_max_connections": _as_int(1, 1024),
+    "smtp_rate_limit": lambda _key, value: parse_rate_limit(value),
 }
 
 KEYS: tuple[str, ...] = tuple(_PARSERS)
