@@ -46,10 +46,11 @@ from aiosmtpd.controller import Controller
 from sqlalchemy import select, update
 
 from herald.cli.logs import setup_logging
-from herald.config import ensure_secrets, load_settings
+from herald.config import DispatchMode, ensure_secrets, load_settings
+from herald.outbox import Delivery, Notification, NotificationState
 from herald.tracker.artifacts import create_artifact
 from herald.tracker.db import Database
-from herald.tracker.models import Delivery, DispatchMode, Notification, NotificationState, User
+from herald.tracker.models import User
 from herald.tracker.projects import create_project
 from herald.tracker.schema import upgrade
 from herald.tracker.trackers import create_tracker

@@ -16,10 +16,12 @@ ALLOWED: dict[str, set[str]] = {
     "notify": {"tracker", "config"},
     "mail": {"config"},
     "queue": {"config"},
-    "worker": {"queue", "notify", "mail", "tracker", "config"},
-    "ops": {"queue", "tracker", "config"},
-    "web": {"worker", "ops", "queue", "notify", "mail", "tracker", "config"},
-    "cli": {"web", "worker", "ops", "queue", "notify", "mail", "tracker", "config"},
+    "outbox": {"tracker", "config"},
+    "delivery": {"outbox", "notify", "mail", "tracker", "config"},
+    "worker": {"delivery", "outbox", "queue", "mail", "tracker", "config"},
+    "ops": {"outbox", "queue", "tracker", "config"},
+    "web": {"delivery", "outbox", "ops", "queue", "notify", "mail", "tracker", "config"},
+    "cli": {"web", "worker", "delivery", "outbox", "ops", "queue", "notify", "mail", "tracker", "config"},
 }
 
 
@@ -56,3 +58,16 @@ def test_imports_follow_the_dependency_direction(path: Path):
 def test_every_part_is_known():
     parts = {p.name for p in SRC.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
     assert parts <= set(ALLOWED), parts - set(ALLOWED)
+
+
+def test_the_web_app_loads_no_worker_code():
+    """The front end never imports the worker process code (not even lazily, through the app factory)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, herald.web.app, herald.web.dispatcher; "
+        "print(sorted(m for m in sys.modules if m.startswith('herald.worker')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

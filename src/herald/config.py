@@ -8,6 +8,7 @@ what is allowed, so the CLI can stop with one clear line.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import ipaddress
 import os
 import secrets
@@ -21,6 +22,7 @@ from urllib.parse import urlsplit
 __all__ = [
     "AsyncEmails",
     "ConfigError",
+    "DispatchMode",
     "RateLimit",
     "Settings",
     "ensure_secrets",
@@ -39,6 +41,13 @@ QUEUE_BACKENDS = ("redis", "sql")
 
 class ConfigError(ValueError):
     """A configuration value is missing, malformed or out of range."""
+
+
+class DispatchMode(enum.StrEnum):
+    """How one project's notifications are delivered, as ``async_emails`` decides."""
+
+    INLINE = "inline"
+    ASYNC = "async"
 
 
 @dataclass(frozen=True)
@@ -133,7 +142,7 @@ def parse_duration(key: str, value: object, lo: float, hi: float) -> float:
         seconds = float(value)
     elif isinstance(value, str):
         text = value.strip().lower()
-        factor = _DURATION_UNITS.get(text[-1:], None) if text else None
+        factor = _DURATION_UNITS.get(text[-1:]) if text else None
         number = text[:-1] if factor is not None else text
         try:
             seconds = float(number) * (factor or 1.0)

@@ -24,8 +24,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from herald.config import Settings, ensure_secrets, load_settings
+from herald.outbox import Notification, NotificationState
 from herald.tracker.db import Database
-from herald.tracker.models import Notification, NotificationState, WorkerHeartbeat
+from herald.tracker.models import WorkerHeartbeat
 from herald.web import create_app
 from herald.worker.outbox import aware, utcnow
 from tests.support.redis_server import RedisServer

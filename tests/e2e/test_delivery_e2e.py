@@ -12,9 +12,10 @@ import time
 import pytest
 from sqlalchemy import select
 
+from herald.outbox import DeliveryStatus, Notification, NotificationState
 from herald.queue import make_queue
 from herald.queue.keys import JOB_FIELD, RedisKeys
-from herald.tracker.models import DeliveryStatus, Notification, NotificationState, WorkerHeartbeat
+from herald.tracker.models import WorkerHeartbeat
 from tests.e2e.conftest import RECIPIENTS, Stack, wait_until
 from tests.support.smtp import HANG
 

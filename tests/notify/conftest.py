@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy.orm import Session
 
 from herald.config import Settings, load_settings
-from herald.notify import NotificationPlan, Recipient, compute_recipients, plan_notification
+from herald.notify import NotificationPlan, Recipient, compute_recipients, plan_notification, prepare_change
 from herald.tracker.artifacts import create_artifact, update_artifact
 from herald.tracker.db import Database
 from herald.tracker.models import Base, User, UserStatus
@@ -73,7 +73,10 @@ class Mail:
 
 
 def as_received(message: EmailMessage) -> Mail:
-    raw = message.as_bytes(policy=email.policy.SMTP)
+    return as_sent(message.as_bytes(policy=email.policy.SMTP))
+
+
+def as_sent(raw: bytes) -> Mail:
     return Mail(raw, email.message_from_bytes(raw, policy=email.policy.default))
 
 
@@ -200,7 +203,18 @@ class Scene:
         return plan
 
     def mails(self, changeset_id: int) -> dict[str, Mail]:
-        """``{username or address: received mail}``."""
+        """``{username or address: received mail}``, built as the delivery sends them (wire bytes)."""
+        by_id = {uid: name for name, uid in self.users.items()}
+        with self.db.read() as s:
+            prepared = prepare_change(s, self.settings, changeset_id, SECRET)
+        assert prepared is not None
+        return {
+            (by_id[r.user_id] if r.user_id is not None else r.address): as_sent(prepared.wire(r).raw)
+            for r in prepared.recipients
+        }
+
+    def mails_via_email_package(self, changeset_id: int) -> dict[str, Mail]:
+        """The same mails built with one ``EmailMessage`` each (the reference the wire bytes must match)."""
         by_id = {uid: name for name, uid in self.users.items()}
         return {
             (by_id[o.user_id] if o.user_id is not None else o.address): as_received(o.message)

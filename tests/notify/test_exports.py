@@ -14,10 +14,13 @@ def test_public_names():
         "DispatchPolicy",
         "NotificationPlan",
         "Outgoing",
+        "PreparedChange",
         "Reason",
         "Recipient",
+        "Wire",
         "compute_recipients",
         "plan_notification",
+        "prepare_change",
         "unsubscribe_token",
         "verify_unsubscribe_token",
     ]

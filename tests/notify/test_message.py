@@ -232,3 +232,49 @@ class TestHeaderInjection:
         mail = s.mails(cs)["bob"]
         _assert_clean(mail)
         assert "<script>" not in (mail.html or "")
+
+
+class TestWireBytes:
+    """The delivery sends bytes built without an EmailMessage per recipient: they must read the same."""
+
+    def test_wire_mail_reads_like_the_email_package_mail(self, world: World):
+        s = world.scene
+        s.user("zoe", language="fr", timezone="Europe/Paris", mail_format="text")
+        cs = s.create("alice", world.bugs, comment="Voilà — modifié", title="Crash é on save " + "x" * 90)
+        s.follow("zoe", s.artifact_of(cs))
+        s.follow("dave", s.artifact_of(cs))
+        wire, reference = s.mails(cs), s.mails_via_email_package(cs)
+        assert wire.keys() == reference.keys() and len(wire) >= 2
+        for who, mail in wire.items():
+            ref = reference[who]
+            mime = {"mime-version", "content-type", "content-transfer-encoding"}
+            assert [h for h in mail.header_names if h not in mime] == [
+                h for h in ref.header_names if h not in mime
+            ], who
+            assert {h for h in mail.header_names if h in mime} >= {"mime-version", "content-type"}
+            for name in ref.header_names:
+                if name not in ("content-type", "content-transfer-encoding"):
+                    assert str(mail.message[name]) == str(ref.message[name]), (who, name)
+            assert mail.message.get_content_type() == ref.message.get_content_type()
+            assert mail.text == ref.text
+            assert mail.html == ref.html
+
+    def test_wire_bytes_are_identical_on_a_retry(self, world: World):
+        s = world.scene
+        cs = s.create("alice", world.bugs, title="Same bytes", assigned_to="bob")
+        assert {k: m.raw for k, m in s.mails(cs).items()} == {k: m.raw for k, m in s.mails(cs).items()}
+
+    def test_boundary_comes_from_the_message_id(self, world: World):
+        from herald.notify.wire import boundary_for
+
+        s = world.scene
+        cs = s.create("alice", world.bugs, title="Boundary", assigned_to="bob")
+        mail = s.mails(cs)["bob"]
+        assert mail.message.get_boundary() == boundary_for(str(mail.message["Message-ID"]))
+
+    def test_every_wire_line_is_crlf_and_short(self, world: World):
+        s = world.scene
+        cs = s.create("alice", world.bugs, title="Lines " * 40, comment="word " * 400, assigned_to="bob")
+        raw = s.mails(cs)["bob"].raw
+        assert b"\n" not in raw.replace(b"\r\n", b"")
+        assert max(len(line) for line in raw.split(b"\r\n")) <= 998

@@ -10,9 +10,10 @@ import pytest
 from herald.config import load_settings
 from herald.ops.check import Status, run_check
 from herald.ops.doctor import diagnose
+from herald.outbox import Notification, NotificationState
 from herald.queue import make_queue
 from herald.tracker.artifacts import create_artifact
-from herald.tracker.models import Notification, NotificationState, User, utcnow
+from herald.tracker.models import User, utcnow
 from tests.support.services import free_port
 from tests.support.tracker import build_world, make_database
 

@@ -8,6 +8,8 @@ import threading
 import pytest
 from sqlalchemy import func, select
 
+from herald.config import DispatchMode
+from herald.outbox import Notification, NotificationState
 from herald.tracker.artifacts import create_artifact, get_artifact, mentioned_usernames, update_artifact
 from herald.tracker.db import Database
 from herald.tracker.errors import Conflict, InvalidInput, NotFound, PermissionDenied
@@ -15,9 +17,6 @@ from herald.tracker.models import (
     Artifact,
     ArtifactSubscription,
     Changeset,
-    DispatchMode,
-    Notification,
-    NotificationState,
     SubscriptionState,
     TrackerUnsubscription,
     User,

@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from herald.config import ensure_secrets, load_settings
+from herald.config import DispatchMode, ensure_secrets, load_settings
 from herald.tracker.db import Database
-from herald.tracker.models import DispatchMode
 from herald.tracker.schema import upgrade
 from herald.web import create_app
 from tests.support.tracker import World, build_world

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from herald.config import Settings, ensure_secrets
+from herald.config import DispatchMode, Settings, ensure_secrets
+from herald.outbox import Delivery, Notification
 from herald.tracker.artifacts import create_artifact, update_artifact
 from herald.tracker.db import Database
-from herald.tracker.models import Delivery, DispatchMode, Notification
 from tests.support.redis_server import RedisServer
 from tests.support.smtp import SmtpServer, smtp_settings
 from tests.support.tracker import World, build_world

@@ -11,10 +11,12 @@ from email.message import EmailMessage
 import pytest
 from sqlalchemy import update
 
+from herald.config import DispatchMode
 from herald.mail import make_transport
 from herald.mail.transport import Receipt, Transport
+from herald.outbox import DeliveryStatus, Notification, NotificationState
 from herald.tracker import subscriptions
-from herald.tracker.models import Changeset, DeliveryStatus, DispatchMode, Notification, NotificationState
+from herald.tracker.models import Changeset
 from herald.worker import outbox
 from herald.worker.delivery import Deliverer, Verdict
 from tests.support.services import free_port

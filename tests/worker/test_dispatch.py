@@ -8,9 +8,10 @@ import time
 
 import pytest
 
+from herald.config import DispatchMode
+from herald.outbox import DeliveryStatus, NotificationState
 from herald.queue import make_queue
 from herald.queue.errors import QueueUnavailable
-from herald.tracker.models import DeliveryStatus, DispatchMode, NotificationState
 from herald.worker.dispatch import CircuitBreaker, FrontEndDispatcher, build_dispatcher
 from tests.support.redis_server import RedisServer
 from tests.support.services import free_port

@@ -12,11 +12,12 @@ from email.message import EmailMessage
 
 import pytest
 
+from herald.config import DispatchMode
 from herald.mail import make_transport
 from herald.mail.transport import Receipt, Transport
+from herald.outbox import NotificationState
 from herald.queue import make_queue
 from herald.queue.keys import JOB_FIELD, RedisKeys
-from herald.tracker.models import DispatchMode, NotificationState
 from herald.worker.dispatch import build_dispatcher
 from herald.worker.heartbeat import alive
 from herald.worker.loop import Worker

@@ -9,9 +9,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from herald.config import Settings
+from herald.config import DispatchMode, Settings
+from herald.outbox import Notification, NotificationState
 from herald.queue import Queue, QueueUnavailable, make_queue
-from herald.tracker.models import DispatchMode, Notification, NotificationState
 from herald.worker import outbox
 from herald.worker.dispatch import build_dispatcher
 from herald.worker.relay import Relay, requeue_after

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from herald.cli.main import RET_ERROR, Context, echo_json, fail, pass_ctx
 from herald.tracker.db import Database
 from herald.tracker.errors import TrackerError
 from herald.tracker.loader import load_document, read_document
-from herald.tracker.models import User
+from herald.tracker.models import Changeset, User
+
+if TYPE_CHECKING:
+    from herald.notify.dispatch import DispatchPolicy
 from herald.tracker.schema import current_revision, upgrade
 from herald.tracker.users import hash_token
 
@@ -51,7 +57,7 @@ def load(ctx: Context, file: Path) -> None:
     try:
         doc = read_document(file)
         with database.session() as session:
-            result = load_document(session, doc, mode_for=DispatchPolicy(ctx.settings).mode_for)
+            result = load_document(session, doc, on_changeset=record_owed(DispatchPolicy(ctx.settings)))
     except TrackerError as exc:
         fail(f"{file}: {exc.message} (nothing was loaded)", RET_ERROR)
     finally:
@@ -85,3 +91,18 @@ def user_token(ctx: Context, username: str) -> None:
 
 
 COMMANDS = [db, load, user]
+
+
+def record_owed(policy: DispatchPolicy) -> Callable[[Session, Changeset], None]:
+    """Record the notification each loaded change owes, in the load's transaction."""
+    from herald.outbox import records
+
+    def record(session: Session, changeset: Changeset) -> None:
+        records.record(
+            session,
+            changeset.id,
+            policy.mode_for(changeset.artifact.tracker.project_id),
+            changeset.created_at,
+        )
+
+    return record

@@ -18,7 +18,7 @@ from herald.tracker.db import Database
 @pass_ctx
 def check(ctx: Context, as_json: bool) -> None:
     """Are notifications flowing? Exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (Nagios plugin style)."""
-    from herald.worker.heartbeat import live_worker_count
+    from herald.ops.workers import live_worker_count
 
     settings = ctx.settings
     db = Database(settings.database_url)

@@ -12,7 +12,7 @@ import click
 import uvicorn
 from sqlalchemy import select
 
-from herald.cli.data import open_database
+from herald.cli.data import open_database, record_owed
 from herald.cli.logs import setup_logging
 from herald.cli.main import Context, pass_ctx
 from herald.config import Settings
@@ -61,7 +61,7 @@ def seed_demo(settings: Settings) -> dict[str, str] | None:
         with database.session() as session:
             if session.scalar(select(Project.id).where(Project.name == DEMO_PROJECT)):
                 return None
-            result = load_document(session, DEMO, mode_for=DispatchPolicy(settings).mode_for)
+            result = load_document(session, DEMO, on_changeset=record_owed(DispatchPolicy(settings)))
     finally:
         database.dispose()
     tokens: dict[str, str] = result["tokens"]

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from herald.config import Settings
-from herald.tracker.models import DispatchMode
+from herald.config import DispatchMode, Settings
 
 __all__ = ["DispatchPolicy"]
 

@@ -18,7 +18,7 @@ from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import EmailMessage
 from typing import Any
 
-__all__ = ["POLICY", "HeaderError", "VerbatimHeader", "check_headers"]
+__all__ = ["POLICY", "HeaderError", "VerbatimHeader", "check_folded", "check_headers"]
 
 SMTP_LINE_MAX = 998  # RFC 5322 2.1.1, without the CRLF
 
@@ -109,17 +109,22 @@ def check_headers(message: EmailMessage, trusted: Collection[int] = ()) -> None:
     for name, value in message.items():
         if id(value) in trusted:
             continue
-        folded = policy.fold(name, value)
-        lines = folded.split(policy.linesep)
-        if lines[-1] != "" or not lines[0].lower().startswith(name.lower() + ":"):
-            raise HeaderError(f"header {name} does not fold into one header")
-        for i, line in enumerate(lines[:-1]):
-            bad = (
-                "\r" in line
-                or "\n" in line
-                or "\0" in line
-                or len(line) > SMTP_LINE_MAX
-                or (i > 0 and line[:1] not in (" ", "\t"))
-            )
-            if bad:
-                raise HeaderError(f"header {name} would break out of its line")
+        check_folded(name, policy.fold(name, value), policy.linesep)
+
+
+def check_folded(name: str, folded: str, linesep: str = "\r\n") -> None:
+    """Raise :class:`HeaderError` unless ``folded`` (``Name: value`` as it goes on the wire) is exactly
+    one header: it starts with its name and every continuation line starts with white space."""
+    lines = folded.split(linesep)
+    if lines[-1] != "" or not lines[0].lower().startswith(name.lower() + ":"):
+        raise HeaderError(f"header {name} does not fold into one header")
+    for i, line in enumerate(lines[:-1]):
+        bad = (
+            "\r" in line
+            or "\n" in line
+            or "\0" in line
+            or len(line) > SMTP_LINE_MAX
+            or (i > 0 and line[:1] not in (" ", "\t"))
+        )
+        if bad:
+            raise HeaderError(f"header {name} would break out of its line")

@@ -1,5 +1,6 @@
 """The notifier's entry point, shared by inline mode and the backend workers: changeset id in, one ready
-message per recipient out. Nothing is sent here; sending and the delivery ledger belong to ``herald.worker``.
+message per recipient out. Nothing is sent here; sending and the delivery ledger belong to ``herald.delivery``
+and ``herald.outbox``.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from herald.notify.message import MailContext, MessageBuilder, UnsubscribeLinks,
 from herald.notify.recipients import Recipient, recipients_in
 from herald.notify.render import ChangesetRenderer
 from herald.notify.rules import Reason
+from herald.notify.wire import Wire, WireBuilder
 
-__all__ = ["NotificationPlan", "Outgoing", "plan_notification"]
+__all__ = ["NotificationPlan", "Outgoing", "PreparedChange", "plan_notification", "prepare_change"]
 
 log = logging.getLogger(__name__)
 
@@ -120,3 +122,63 @@ def plan_notification(
         outgoing=outgoing,
         renderings=renderer.built,
     )
+
+
+class PreparedChange:
+    """A changeset's recipients, worked out cheaply, and each one's message built only when asked for.
+
+    The delivery run plans with this (who is owed a mail), locks, and then builds the wire bytes of the
+    recipients still open only, a batch at a time: a retry with one recipient left renders one message,
+    and a 5,000-recipient change never holds 5,000 messages at once. The objects it reads were loaded
+    by :func:`~herald.notify.context.load_context` and stay usable after its session closed.
+    """
+
+    def __init__(
+        self, ctx: ChangeContext, recipients: list[Recipient], settings: Settings, secret: str
+    ) -> None:
+        self.changeset_id = ctx.changeset.id
+        self.artifact_id = ctx.artifact.id
+        self.project_id = ctx.project.id
+        self.recipients = recipients
+        self._renderer = ChangesetRenderer(ctx, settings.base_url)
+        self._mc = _mail_context(ctx, settings, self._renderer.author_name)
+        self._builder: WireBuilder | None = None
+        self._secret = secret
+
+    @property
+    def renderings(self) -> int:
+        """Distinct renderings built so far (shared between recipients with the same view)."""
+        return self._renderer.built
+
+    def wire(self, recipient: Recipient, *, delayed: str | None = None) -> Wire:
+        """The message for ``recipient`` as SMTP DATA bytes (identical on every retry but for
+        ``delayed``, which adds ``X-Herald-Delayed``)."""
+        if self._builder is None:
+            self._builder = WireBuilder(self._mc)
+        rendering = self._renderer.render(recipient)
+        links = None
+        if recipient.user is not None:
+            links = UnsubscribeLinks.make(self._secret, recipient.user.id, self._mc)
+        text, html = rendering.personalize(links.url if links else None)
+        return self._builder.build(
+            address=recipient.address,
+            reason=recipient.reason,
+            subject=rendering.subject,
+            text=text,
+            html=html,
+            to_name=recipient.user.real_name if recipient.user is not None else "",
+            unsubscribe=links,
+            delayed=delayed,
+        )
+
+
+def prepare_change(
+    session: Session, settings: Settings, changeset_id: int, secret: str
+) -> PreparedChange | None:
+    """Load ``changeset_id`` and work out its recipients; None if the changeset no longer exists."""
+    if not secret:
+        raise ValueError("prepare_change needs the secret that signs unsubscribe links")
+    ctx = load_context(session, changeset_id)
+    if ctx is None:
+        return None
+    return PreparedChange(ctx, recipients_in(ctx), settings, secret)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from herald.config import Settings
-from herald.ops.backlog import Backlog, read_backlog
+from herald.outbox import Backlog, read_backlog
 from herald.queue import Queue, QueueError, QueueStats
 from herald.tracker.db import Database
 

@@ -15,10 +15,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from herald.config import Settings
-from herald.ops.backlog import read_backlog
+from herald.outbox import DeliveryStatus, NotificationState, read_backlog
 from herald.queue import Queue, QueueError
 from herald.tracker.db import Database
-from herald.tracker.models import DeliveryStatus, NotificationState
 
 log = logging.getLogger("herald.metrics")
 

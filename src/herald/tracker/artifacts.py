@@ -1,10 +1,10 @@
-"""Artifact services: create and update artifacts. Each call writes one changeset and its outbox row in the
-caller's transaction, so the notification owed for a change commits (or not) with the change itself."""
+"""Artifact services: create and update artifacts. Each call writes one changeset in the caller's
+transaction; the caller records the notification it owes (``herald.outbox.record``) in that same
+transaction, so the notification commits (or not) with the change itself."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -13,30 +13,14 @@ from sqlalchemy.orm import Session
 
 from herald.tracker import permissions, validate
 from herald.tracker.errors import Conflict, InvalidInput, NotFound, PermissionDenied
-from herald.tracker.models import (
-    Artifact,
-    Changeset,
-    DispatchMode,
-    Field,
-    FieldChange,
-    FieldType,
-    Notification,
-    Tracker,
-    User,
-    utcnow,
-)
+from herald.tracker.models import Artifact, Changeset, Field, FieldChange, FieldType, Tracker, User, utcnow
 from herald.tracker.trackers import get_tracker
 from herald.tracker.users import resolve_user
 
-__all__ = ["ModeFor", "create_artifact", "get_artifact", "mentioned_usernames", "update_artifact"]
+__all__ = ["create_artifact", "get_artifact", "mentioned_usernames", "update_artifact"]
 
-ModeFor = Callable[[int], DispatchMode]
 MAX_USERS_PER_FIELD = 500
 MENTION_RE = re.compile(r"(?<![\w.@/])@([a-z0-9][a-z0-9._-]{0,63})", re.IGNORECASE)
-
-
-def _inline(_project_id: int) -> DispatchMode:
-    return DispatchMode.INLINE
 
 
 def mentioned_usernames(comment: str) -> list[str]:
@@ -55,9 +39,8 @@ def create_artifact(
     values: Any,
     comment: str | None = None,
     comment_private: bool = False,
-    mode_for: ModeFor = _inline,
 ) -> Changeset:
-    """Create an artifact with its first changeset (``is_creation``) and the outbox row."""
+    """Create an artifact with its first changeset (``is_creation``) ."""
     tracker = get_tracker(session, tracker_id)
     project = tracker.project
     if not permissions.can_create_artifact(author, project):
@@ -74,7 +57,7 @@ def create_artifact(
     session.flush()
     changes = _diff(tracker, {}, new_values)
     artifact.values = {str(field.id): new for field, _old, new in changes}
-    return _record(session, artifact, tracker, author, changes, comment, comment_private, True, now, mode_for)
+    return _record(session, artifact, tracker, author, changes, comment, comment_private, True, now)
 
 
 def update_artifact(
@@ -86,7 +69,6 @@ def update_artifact(
     comment: str | None = None,
     comment_private: bool = False,
     expected_version: int | None = None,
-    mode_for: ModeFor = _inline,
 ) -> Changeset:
     """Change fields and/or add a comment. Fails with InvalidInput if nothing would change."""
     # The row lock (PostgreSQL) or the write lock taken at BEGIN (SQLite) serializes concurrent updates of
@@ -122,9 +104,7 @@ def update_artifact(
     artifact.version += 1
     now = utcnow()
     artifact.last_updated_at = now
-    return _record(
-        session, artifact, tracker, author, changes, comment, comment_private, False, now, mode_for
-    )
+    return _record(session, artifact, tracker, author, changes, comment, comment_private, False, now)
 
 
 def _record(
@@ -137,7 +117,6 @@ def _record(
     comment_private: bool,
     is_creation: bool,
     now: datetime,
-    mode_for: ModeFor,
 ) -> Changeset:
     project = tracker.project
     validate.boolean(comment_private, "comment_private")
@@ -159,8 +138,6 @@ def _record(
     )
     changeset.changes = [FieldChange(field_id=f.id, old_value=old, new_value=new) for f, old, new in changes]
     session.add(changeset)
-    session.flush()
-    session.add(Notification(changeset_id=changeset.id, mode=mode_for(project.id), created_at=now))
     session.flush()
     return changeset
 

@@ -7,6 +7,7 @@ name (``project: demo``, ``tracker: demo/bugs``) so a file can be written before
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from herald.tracker import validate
-from herald.tracker.artifacts import ModeFor, create_artifact
+from herald.tracker.artifacts import create_artifact
 from herald.tracker.errors import InvalidInput
-from herald.tracker.models import Project, Tracker, User
+from herald.tracker.models import Changeset, Project, Tracker, User
 from herald.tracker.projects import create_project
 from herald.tracker.trackers import create_tracker
 from herald.tracker.users import create_user
@@ -56,7 +57,12 @@ def _list(doc: dict[str, Any], key: str) -> list[Any]:
     return items
 
 
-def load_document(session: Session, doc: dict[str, Any], *, mode_for: ModeFor | None = None) -> LoadResult:
+def load_document(
+    session: Session,
+    doc: dict[str, Any],
+    *,
+    on_changeset: Callable[[Session, Changeset], None] | None = None,
+) -> LoadResult:
     """Create everything the document describes in the caller's transaction."""
     doc = validate.mapping(doc, "document", _TOP_KEYS)
     result = LoadResult(users=0, projects=0, trackers=0, artifacts=0, tokens={})
@@ -110,15 +116,15 @@ def load_document(session: Session, doc: dict[str, Any], *, mode_for: ModeFor | 
         author = session.scalar(select(User).where(User.username == item["author"]))
         if author is None:
             raise InvalidInput(f"artifacts[{i}].author: no user named {item['author']!r}")
-        kwargs: dict[str, Any] = {"mode_for": mode_for} if mode_for else {}
-        create_artifact(
+        changeset = create_artifact(
             session,
             tracker_id=tracker.id,
             author=author,
             values=item["values"],
             comment=item.get("comment"),
-            **kwargs,
         )
+        if on_changeset is not None:  # e.g. the caller records the notification each change owes
+            on_changeset(session, changeset)
         result["artifacts"] += 1
     return result
 

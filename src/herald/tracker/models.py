@@ -1,5 +1,7 @@
-"""The tracker schema: users, projects, trackers and their fields, artifacts, changesets, subscriptions,
-and the notification outbox and delivery ledger that are written in the same transaction as a change."""
+"""The tracker schema: users, projects, trackers and their fields, artifacts, changesets, subscriptions.
+
+The notification outbox and the delivery ledger share this metadata (they commit with the change) but are
+defined and written by :mod:`herald.outbox` alone."""
 
 from __future__ import annotations
 
@@ -13,7 +15,6 @@ from sqlalchemy import (
     DateTime,
     Enum,
     ForeignKey,
-    Index,
     Integer,
     String,
     Text,
@@ -49,7 +50,8 @@ class Base(DeclarativeBase):
     pass
 
 
-def _enum(cls: type[enum.Enum]) -> Enum:
+def enum_column(cls: type[enum.Enum]) -> Enum:
+    """An enum column that stores the value as a plain string."""
     # Store the value, not the member name, and as a plain string so adding a member needs no DB type change.
     return Enum(cls, native_enum=False, values_callable=lambda e: [m.value for m in e], length=32)
 
@@ -103,27 +105,6 @@ class SubscriptionState(enum.StrEnum):
     UNSUBSCRIBED = "unsubscribed"
 
 
-class DispatchMode(enum.StrEnum):
-    INLINE = "inline"
-    ASYNC = "async"
-
-
-class NotificationState(enum.StrEnum):
-    PENDING = "pending"  # committed, not yet handed to a worker or run inline
-    QUEUED = "queued"  # pushed to the queue
-    RUNNING = "running"
-    DONE = "done"  # every recipient sent or failed for good
-    RETRYING = "retrying"
-    DEAD = "dead"
-
-
-class DeliveryStatus(enum.StrEnum):
-    PENDING = "pending"
-    SENT = "sent"
-    RETRYING = "retrying"
-    FAILED = "failed"  # permanent failure, reply recorded
-
-
 class User(Base):
     __tablename__ = "users"
 
@@ -131,11 +112,11 @@ class User(Base):
     username: Mapped[str] = mapped_column(String(64), unique=True)
     real_name: Mapped[str] = mapped_column(String(200), default="")
     email: Mapped[str] = mapped_column(String(254))
-    language: Mapped[Language] = mapped_column(_enum(Language), default=Language.EN)
+    language: Mapped[Language] = mapped_column(enum_column(Language), default=Language.EN)
     timezone: Mapped[str] = mapped_column(String(64), default="UTC")
-    mail_format: Mapped[MailFormat] = mapped_column(_enum(MailFormat), default=MailFormat.HTML)
+    mail_format: Mapped[MailFormat] = mapped_column(enum_column(MailFormat), default=MailFormat.HTML)
     notify_own_changes: Mapped[bool] = mapped_column(Boolean, default=False)
-    status: Mapped[UserStatus] = mapped_column(_enum(UserStatus), default=UserStatus.ACTIVE)
+    status: Mapped[UserStatus] = mapped_column(enum_column(UserStatus), default=UserStatus.ACTIVE)
     # Only a SHA-256 of the token is kept: a leaked database must not hand out working credentials.
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -170,7 +151,7 @@ class Membership(Base):
 
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
-    role: Mapped[Role] = mapped_column(_enum(Role), default=Role.MEMBER)
+    role: Mapped[Role] = mapped_column(enum_column(Role), default=Role.MEMBER)
 
     project: Mapped[Project] = relationship(back_populates="memberships")
 
@@ -184,7 +165,7 @@ class Tracker(Base):
     name: Mapped[str] = mapped_column(String(64))
     item_name: Mapped[str] = mapped_column(String(32))
     notification_mode: Mapped[NotificationMode] = mapped_column(
-        _enum(NotificationMode), default=NotificationMode.ALL_UPDATES
+        enum_column(NotificationMode), default=NotificationMode.ALL_UPDATES
     )
     # Semantics: which fields carry meaning. The notifier reads these, never field names.
     title_field_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -216,9 +197,11 @@ class Field(Base):
     tracker_id: Mapped[int] = mapped_column(ForeignKey("trackers.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(64))
     label: Mapped[str] = mapped_column(String(200))
-    type: Mapped[FieldType] = mapped_column(_enum(FieldType))
+    type: Mapped[FieldType] = mapped_column(enum_column(FieldType))
     required: Mapped[bool] = mapped_column(Boolean, default=False)
-    read_permission: Mapped[ReadPermission] = mapped_column(_enum(ReadPermission), default=ReadPermission.ALL)
+    read_permission: Mapped[ReadPermission] = mapped_column(
+        enum_column(ReadPermission), default=ReadPermission.ALL
+    )
     notify: Mapped[bool] = mapped_column(Boolean, default=False)
     options: Mapped[list[str]] = mapped_column(JSON, default=list)
     position: Mapped[int] = mapped_column(Integer, default=0)
@@ -298,7 +281,7 @@ class ArtifactSubscription(Base):
 
     artifact_id: Mapped[int] = mapped_column(ForeignKey("artifacts.id", ondelete="CASCADE"), primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
-    state: Mapped[SubscriptionState] = mapped_column(_enum(SubscriptionState))
+    state: Mapped[SubscriptionState] = mapped_column(enum_column(SubscriptionState))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
@@ -308,58 +291,6 @@ class TrackerUnsubscription(Base):
     tracker_id: Mapped[int] = mapped_column(ForeignKey("trackers.id", ondelete="CASCADE"), primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-
-
-class Notification(Base):
-    """The outbox row, committed with its changeset: the source of truth that a notification is owed."""
-
-    __tablename__ = "notifications"
-    __table_args__ = (Index("ix_notifications_state", "state"),)
-
-    changeset_id: Mapped[int] = mapped_column(
-        ForeignKey("changesets.id", ondelete="CASCADE"), primary_key=True
-    )
-    mode: Mapped[DispatchMode] = mapped_column(_enum(DispatchMode))
-    state: Mapped[NotificationState] = mapped_column(
-        _enum(NotificationState), default=NotificationState.PENDING
-    )
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
-    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
-    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
-    # The per-changeset lock of herald.worker: whoever delivers this notification (a worker or a web request)
-    # first sets ``worker`` to its own token with a lease; a crashed holder's lease simply runs out.
-    worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
-
-    deliveries: Mapped[list[Delivery]] = relationship(
-        cascade="all, delete-orphan", lazy="selectin", order_by="Delivery.id"
-    )
-
-
-class Delivery(Base):
-    """One (changeset, recipient) outcome: the ledger that keeps a retry from mailing anyone twice."""
-
-    __tablename__ = "deliveries"
-    __table_args__ = (UniqueConstraint("changeset_id", "address"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    changeset_id: Mapped[int] = mapped_column(
-        ForeignKey("notifications.changeset_id", ondelete="CASCADE"), index=True
-    )
-    address: Mapped[str] = mapped_column(String(254))
-    user_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    reason: Mapped[str] = mapped_column(String(32))
-    status: Mapped[DeliveryStatus] = mapped_column(_enum(DeliveryStatus), default=DeliveryStatus.PENDING)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    message_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
-    last_reply: Mapped[str | None] = mapped_column(Text, nullable=True)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class WorkerHeartbeat(Base):

@@ -8,19 +8,19 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from herald.config import Settings
+from herald.ops.workers import live_worker_count
 from herald.queue import make_queue
 from herald.tracker.db import Database
 from herald.web import errors
 from herald.web.limits import BodySizeLimit
 from herald.web.routes import admin, artifact_page, artifacts, mailbox, ops, status, unsubscribe
 from herald.web.runtime import Dispatcher, Runtime
-from herald.worker.heartbeat import live_worker_count
 
 DispatcherFactory = Callable[[Settings, Database], Dispatcher]
 
 
 def _default_dispatcher(settings: Settings, db: Database) -> Dispatcher:
-    from herald.worker.dispatch import build_dispatcher
+    from herald.web.dispatcher import build_dispatcher
 
     return build_dispatcher(settings, db)
 

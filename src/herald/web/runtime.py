@@ -11,10 +11,9 @@ from typing import Protocol
 
 from fastapi import Request
 
-from herald.config import Settings
+from herald.config import DispatchMode, Settings
 from herald.queue import Queue
 from herald.tracker.db import Database
-from herald.tracker.models import DispatchMode
 
 
 class Dispatcher(Protocol):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from herald.tracker import permissions
-from herald.tracker.models import Artifact, Changeset, Notification, Project, Tracker, User
+from herald.tracker.models import Artifact, Changeset, Project, Tracker, User
 
 
 def user_view(user: User) -> dict[str, Any]:
@@ -120,36 +120,5 @@ def changeset_view(cs: Changeset, viewer: User | None, field_ok: Any, project: P
             {"field": by_name.get(ch.field_id), "old": ch.old_value, "new": ch.new_value}
             for ch in cs.changes
             if field_ok(ch.field_id)
-        ],
-    }
-
-
-def notification_view(n: Notification) -> dict[str, Any]:
-    def ts(value: Any) -> str | None:
-        return value.isoformat() if value is not None else None
-
-    return {
-        "changeset_id": n.changeset_id,
-        "mode": n.mode.value,
-        "state": n.state.value,
-        "job_id": n.job_id,
-        "attempts": n.attempts,
-        "created_at": ts(n.created_at),
-        "queued_at": ts(n.queued_at),
-        "started_at": ts(n.started_at),
-        "finished_at": ts(n.finished_at),
-        "last_error": n.last_error,
-        "deliveries": [
-            {
-                "address": d.address,
-                "user_id": d.user_id,
-                "reason": d.reason,
-                "status": d.status.value,
-                "attempts": d.attempts,
-                "message_id": d.message_id,
-                "last_reply": d.last_reply,
-                "updated_at": ts(d.updated_at),
-            }
-            for d in n.deliveries
         ],
     }

@@ -12,23 +12,19 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete
 
-from herald.config import Settings
 from herald.tracker.db import Database
-from herald.tracker.models import WorkerHeartbeat
-from herald.worker.outbox import aware, utcnow
+from herald.tracker.models import WorkerHeartbeat, utcnow
 
 __all__ = [
     "HEARTBEAT_SECONDS",
     "HEARTBEAT_TTL_SECONDS",
     "Heartbeat",
-    "alive",
     "forget",
-    "live_worker_count",
     "process_name",
 ]
 
@@ -124,22 +120,3 @@ def forget(db: Database, names: Iterable[str]) -> None:
         return
     with db.session() as session:
         session.execute(delete(WorkerHeartbeat).where(WorkerHeartbeat.name.in_(names)))
-
-
-def alive(db: Database, *, kind: str | None = None, now: datetime | None = None) -> list[WorkerHeartbeat]:
-    """Heartbeat rows not yet expired (``kind``: ``worker`` or ``supervisor``, None for both)."""
-    now = now or utcnow()
-    with db.session() as session:
-        query = select(WorkerHeartbeat).order_by(WorkerHeartbeat.name)
-        if kind is not None:
-            query = query.where(WorkerHeartbeat.kind == kind)
-        rows = list(session.scalars(query))
-    return [r for r in rows if (aware(r.expires_at) or now) > now]
-
-
-def live_worker_count(settings: Settings, db: Database) -> int:
-    """How many workers have a fresh heartbeat (what ``herald check`` and ``/metrics`` report).
-
-    ``settings`` is accepted for the callers' convenience; the count does not depend on it.
-    """
-    return len(alive(db, kind="worker"))

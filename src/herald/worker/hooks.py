@@ -9,12 +9,14 @@ must never take a worker down.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from herald.delivery import DeliveryOutcome
 from herald.queue import Job
 from herald.tracker.db import Database
-from herald.worker.delivery import DeliveryOutcome
 from herald.worker.heartbeat import Heartbeat
 
 if TYPE_CHECKING:
@@ -85,10 +87,13 @@ class LogHook(Hook):
     def worker_started(self, worker: Worker) -> None:
         s = worker.settings
         log.info(
-            "%s started pid=%d queue=%s lease=%.1fs grace=%.1fs async_emails=%s",
+            "%s started pid=%d queue=%s concurrency=%d connections=%d lease=%.1fs grace=%.1fs "
+            "async_emails=%s",
             worker.name,
             worker.pid,
             s.queue_backend,
+            worker.concurrency,
+            worker.connections,
             s.lease_seconds,
             s.worker_grace_seconds,
             s.async_emails,
@@ -149,23 +154,50 @@ class LogHook(Hook):
 
 
 class HeartbeatHook(Hook):
-    """Keeps the worker's heartbeat row (see :mod:`herald.worker.heartbeat`) with its current state."""
+    """Keeps the worker's heartbeat row (see :mod:`herald.worker.heartbeat`) with what it is doing: the
+    changesets in hand (deliveries run concurrently, so this is thread-safe), jobs done, the relay gate."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
         self._beat: Heartbeat | None = None
-        self._state: dict[str, Any] = {"state": "starting", "changeset_id": None, "jobs_done": 0}
+        self._lock = threading.Lock()
+        self._busy: dict[str, tuple[int, float]] = {}  # job id -> (changeset id, since)
+        self._worker: Worker | None = None
+
+    def _info(self) -> dict[str, Any]:
+        with self._lock:
+            busy = sorted(self._busy.values(), key=lambda item: item[1])
+        worker = self._worker
+        now = time.time()
+        info: dict[str, Any] = {
+            "state": "busy" if busy else "idle",
+            "changeset_id": busy[0][0] if busy else None,
+            "in_hand": [cs for cs, _ in busy][:50],
+            "oldest_job_seconds": round(now - busy[0][1], 1) if busy else 0.0,
+            "jobs_done": worker.jobs_done if worker is not None else 0,
+        }
+        if worker is not None:
+            info.update(
+                concurrency=worker.concurrency,
+                connections=worker.connections,
+                relay="down" if not worker.gate.is_open else "up",
+                relay_error=worker.gate.reason or None,
+                pid=worker.pid,
+            )
+        return info
 
     def worker_started(self, worker: Worker) -> None:
-        self._state["state"] = "idle"
-        self._beat = Heartbeat(self.db, worker.consumer, "worker", lambda: dict(self._state))
+        self._worker = worker
+        self._beat = Heartbeat(self.db, worker.consumer, "worker", self._info)
         self._beat.start()
 
     def job_received(self, worker: Worker, job: Job) -> None:
-        self._state.update(state="busy", changeset_id=job.changeset_id)
+        with self._lock:
+            self._busy[job.id] = (job.changeset_id, time.time())
 
     def job_settled(self, worker: Worker, result: JobResult) -> None:
-        self._state.update(state="idle", changeset_id=None, jobs_done=worker.jobs_done)
+        with self._lock:
+            self._busy.pop(result.job.id, None)
 
     def worker_stopping(self, worker: Worker) -> None:
         if self._beat is not None:

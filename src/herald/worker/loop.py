@@ -1,38 +1,48 @@
-"""``herald worker --id N``: claim a job, deliver its changeset, settle the job; until told to stop.
+"""``herald worker --id N``: claim jobs, run up to ``worker_concurrency`` deliveries at once, settle them.
 
-Claims block on the queue (a job is picked up as soon as it is pushed). For each job a keeper thread renews
-the queue lease and the notification lock, so a long job is not taken for a dead one. A queue outage is met
-with backoff and reconnection, never a crash. On SIGTERM (or SIGINT) the worker stops claiming, finishes
-the job in hand within ``worker_grace_seconds`` (past it, the recipients not yet tried are handed back to
-the queue at once), and exits 0.
+Threads of one worker process, and why threads: the whole stack below is blocking I/O (SQLAlchemy, the SMTP
+client, redis-py) that releases the GIL while it waits, and a slow relay is waiting, not computing. So
+
+- the **claimer** (the main thread) blocks on the queue for as many jobs as there are free delivery slots —
+  a job is picked up as soon as it is pushed — and stops claiming while the relay gate is closed;
+- **delivery threads** (``worker_concurrency``) each run one delivery (:mod:`herald.delivery`);
+- **sender threads** (this process's share of ``smtp_max_connections``) send the recipients of those
+  deliveries in parallel, each over a pooled connection to the relay, reused across jobs;
+- one **lease keeper** renews the queue lease of every job in hand and every outbox lock, each in one round
+  trip, every third of a lease (not a thread per job);
+- the relay gate's **prober**, only while the relay is down.
+
+A queue outage is met with backoff and reconnection, never a crash. On SIGTERM the worker stops claiming,
+lets the deliveries in hand finish within ``worker_grace_seconds`` (past it they stop before their next
+batch and their jobs go back to the queue, due at once), and exits 0.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import signal
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from types import FrameType
 
-from herald.config import Settings
-from herald.mail import make_transport
-from herald.mail.transport import Transport
+from herald.config import DispatchMode, Settings
+from herald.delivery import Deliverer, DeliveryOutcome, HeldLeases, RelayGate, RetryPolicy, Verdict, backoff
+from herald.delivery.run import Relay
+from herald.mail import make_pool
+from herald.outbox import lock
 from herald.queue import Job, LeaseLost, Queue, QueueError, make_queue
 from herald.tracker.db import Database
-from herald.tracker.models import DispatchMode
-from herald.worker import outbox
-from herald.worker.delivery import Deliverer, DeliveryOutcome, Verdict
+from herald.tracker.models import utcnow
 from herald.worker.heartbeat import process_name
 from herald.worker.hooks import HeartbeatHook, Hook, Hooks, JobResult, LogHook
-from herald.worker.retry import backoff
-from herald.worker.store import Store
 
-__all__ = ["CLAIM_TIMEOUT_SECONDS", "LeaseKeeper", "Worker"]
+__all__ = ["CLAIM_TIMEOUT_SECONDS", "LeaseKeeper", "Worker", "connection_share"]
 
 log = logging.getLogger("herald.worker")
 
@@ -42,50 +52,86 @@ CLAIM_TIMEOUT_SECONDS = 1.0
 QUEUE_BACKOFF_MAX_SECONDS = 5.0
 
 
+def connection_share(settings: Settings) -> int:
+    """This worker process's share of ``smtp_max_connections`` (a per-host limit)."""
+    from herald.worker.supervisor import workers_wanted
+
+    return max(1, math.ceil(settings.smtp_max_connections / max(1, workers_wanted(settings))))
+
+
 class LeaseKeeper:
-    """While a job runs, renews its queue lease and its notification lock every third of a lease.
+    """Renews, every third of a lease, the queue lease of every job in hand (one round trip) and every
+    outbox lock this process holds (one statement). A job whose queue lease was lost (it went to another
+    worker) is flagged: its delivery stops before its next batch, and the fence keeps its writes out."""
 
-    ``lost`` is set when the queue says the lease is gone (the job went to another worker): the delivery
-    then stops before its next recipient.
-    """
-
-    def __init__(self, queue: Queue, store: Store, job: Job, holder: str, lease_seconds: float) -> None:
+    def __init__(self, queue: Queue, db: Database, leases: HeldLeases, lease_seconds: float) -> None:
         self.queue = queue
-        self.store = store
-        self.job = job
-        self.lease = outbox.Lease(job.changeset_id, holder, lease_seconds)
-        self.lost = threading.Event()
+        self.db = db
+        self.leases = leases
+        self._jobs: dict[str, Job] = {}
+        self.lost: set[str] = set()
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._interval = max(0.05, lease_seconds / 3)
-        self._thread = threading.Thread(target=self._run, name=f"lease-{job.id[:8]}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
 
-    def __enter__(self) -> LeaseKeeper:
+    def start(self) -> None:
         self._thread.start()
-        return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
 
+    def hold(self, job: Job) -> None:
+        with self._lock:
+            self._jobs[job.id] = job
+
+    def release(self, job: Job) -> None:
+        with self._lock:
+            self._jobs.pop(job.id, None)
+            self.lost.discard(job.id)
+
+    def is_lost(self, job: Job) -> bool:
+        return job.id in self.lost
+
+    def renew_now(self) -> None:
+        with self._lock:
+            jobs = list(self._jobs.values())
+        if jobs:
+            try:
+                for job in self._extend(jobs):
+                    log.warning("lease of job %s lost to another worker; stopping it", job.id)
+                    with self._lock:
+                        self.lost.add(job.id)
+            except QueueError as exc:  # unreachable for now: the outbox locks below still hold the changesets
+                log.warning("could not extend the leases of %d job(s): %s", len(jobs), exc)
+        held = self.leases.snapshot()
+        if held:
+            try:
+                with self.db.engine.begin() as conn:
+                    lock.renew_all(conn, held, utcnow())
+            except Exception as exc:
+                log.warning("could not renew %d notification lock(s): %s", len(held), exc)
+
+    def _extend(self, jobs: list[Job]) -> list[Job]:
+        batch = getattr(self.queue, "extend_batch", None)
+        if batch is not None:
+            return list(batch(jobs))
+        lost = []
+        for job in jobs:
+            try:
+                self.queue.extend(job)
+            except LeaseLost:
+                lost.append(job)
+        return lost
+
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
-            try:
-                self.queue.extend(self.job)
-            except LeaseLost:
-                log.warning("lease of job %s lost to another worker; stopping it", self.job.id)
-                self.lost.set()
-                return
-            except QueueError as exc:  # unreachable for now: the lock below still holds the changeset
-                log.warning("could not extend the lease of job %s: %s", self.job.id, exc)
-            try:
-                with self.store.write() as conn:
-                    outbox.renew(conn, self.lease, outbox.utcnow())
-            except Exception as exc:
-                log.warning("could not renew the lock of changeset_id=%d: %s", self.job.changeset_id, exc)
+            self.renew_now()
 
 
 class Worker:
-    """One worker process's loop. ``run()`` returns the exit code."""
+    """One worker process. ``run()`` returns the exit code."""
 
     def __init__(
         self,
@@ -94,32 +140,48 @@ class Worker:
         *,
         db: Database | None = None,
         queue: Queue | None = None,
-        transport: Transport | None = None,
+        relay: Relay | None = None,
         hooks: list[Hook] | None = None,
         parent_pid: int | None = None,
+        concurrency: int | None = None,
+        connections: int | None = None,
     ) -> None:
         self.settings = settings
         self.name = f"worker-{worker_id}"
         #: The queue consumer and heartbeat name: unique across machines.
         self.consumer = process_name(self.name)
         self.pid = os.getpid()
+        #: Every outbox lock this process takes is named ``<holder_prefix><random>``, so the supervisor
+        #: that sees this process die can release them all at once.
+        self.holder_prefix = f"{self.consumer}:{self.pid}:"
+        self.concurrency = concurrency or settings.worker_concurrency
+        self.connections = connections or connection_share(settings)
         self.db = db or Database(settings.database_url)
         self.queue = queue or make_queue(settings)
-        self.transport = transport or make_transport(settings)
-        self.store = Store(self.db)
-        self.deliverer = Deliverer(self.store, settings, self.transport)
+        self.relay = relay if relay is not None else make_pool(settings, max_connections=self.connections)
+        self.gate = RelayGate(self.relay.probe)
+        self.leases = HeldLeases()
+        self.keeper = LeaseKeeper(self.queue, self.db, self.leases, settings.lease_seconds)
+        self._senders = ThreadPoolExecutor(self.connections, thread_name_prefix=f"{self.name}-send")
+        self._runners = ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"{self.name}-run")
+        self.deliverer = Deliverer(
+            self.db, settings, self.relay, senders=self._senders, gate=self.gate, leases=self.leases
+        )
+        self.policy = RetryPolicy.from_settings(settings)
         self.hooks = Hooks(hooks if hooks is not None else [LogHook(), HeartbeatHook(self.db)])
         self.jobs_done = 0
+        self._slots = threading.Semaphore(self.concurrency)
+        self._in_hand: dict[str, Job] = {}
+        self._hand_lock = threading.Lock()
         self._parent_pid = parent_pid
         self._stop = threading.Event()
         self._stop_at = 0.0
-        self._keeper: LeaseKeeper | None = None
         self._rng = random.Random()
 
     # --- stopping -------------------------------------------------------------------------------------
 
     def request_stop(self, *_: object) -> None:
-        """Stop claiming; the job in hand gets ``worker_grace_seconds`` to finish. Signal-safe."""
+        """Stop claiming; the deliveries in hand get ``worker_grace_seconds`` to finish. Signal-safe."""
         if not self._stop.is_set():
             self._stop_at = time.monotonic()
             self._stop.set()
@@ -128,7 +190,7 @@ class Worker:
         def handler(signum: int, _frame: FrameType | None) -> None:
             if not self._stop.is_set():
                 log.info(
-                    "%s received %s: finishing the job in hand, then exiting",
+                    "%s received %s: finishing the jobs in hand, then exiting",
                     self.name,
                     signal.Signals(signum).name,
                 )
@@ -141,12 +203,14 @@ class Worker:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
-    def _keep_going(self) -> bool:
-        keeper = self._keeper
-        if keeper is not None and keeper.lost.is_set():
-            return False
-        grace_over = time.monotonic() > self._stop_at + self.settings.worker_grace_seconds
-        return not (self._stop.is_set() and grace_over)
+    @property
+    def in_hand(self) -> list[Job]:
+        """The jobs being delivered right now."""
+        with self._hand_lock:
+            return list(self._in_hand.values())
+
+    def _grace_over(self) -> bool:
+        return self._stop.is_set() and time.monotonic() > self._stop_at + self.settings.worker_grace_seconds
 
     def _orphaned(self) -> bool:
         return self._parent_pid is not None and os.getppid() != self._parent_pid
@@ -155,15 +219,24 @@ class Worker:
 
     def run(self) -> int:
         self.hooks.worker_started(self)
+        self.keeper.start()
         outage = 0
         try:
             while not self._stop.is_set():
                 if self._orphaned():
                     log.warning("%s: its supervisor is gone; exiting", self.name)
                     break
+                free = self._wait_for_slots()
+                if not free:
+                    continue
+                if not self.gate.is_open:  # hold claiming too: the jobs wait in the queue, oldest first
+                    self._give_back(free)
+                    self.gate.wait_open(CLAIM_TIMEOUT_SECONDS)
+                    continue
                 try:
-                    job = self.queue.claim(self.consumer, CLAIM_TIMEOUT_SECONDS)
+                    jobs = self._claim(free)
                 except QueueError as exc:
+                    self._give_back(free)
                     outage += 1
                     delay = backoff(outage, base=0.1, cap=QUEUE_BACKOFF_MAX_SECONDS, rng=self._rng) + 0.05
                     if outage == 1:
@@ -173,78 +246,112 @@ class Worker:
                 if outage:
                     log.info("%s: queue reachable again after %d failed claim(s)", self.name, outage)
                     outage = 0
-                if job is not None:
-                    self.process(job)
+                self._give_back(free - len(jobs))
+                for job in jobs:
+                    self._start(job)
         finally:
+            self._drain()
             self.hooks.worker_stopping(self)
             self._close()
         return 0
+
+    def _wait_for_slots(self) -> int:
+        """Block (a little) for at least one free delivery slot; take every free one."""
+        if not self._slots.acquire(timeout=CLAIM_TIMEOUT_SECONDS):
+            return 0
+        free = 1
+        while free < self.concurrency and self._slots.acquire(blocking=False):
+            free += 1
+        return free
+
+    def _give_back(self, slots: int) -> None:
+        for _ in range(slots):
+            self._slots.release()
+
+    def _claim(self, n: int) -> list[Job]:
+        batch = getattr(self.queue, "claim_batch", None)
+        if batch is not None:
+            return list(batch(self.consumer, n, CLAIM_TIMEOUT_SECONDS))
+        job = self.queue.claim(self.consumer, CLAIM_TIMEOUT_SECONDS)
+        return [job] if job is not None else []
+
+    def _start(self, job: Job) -> None:
+        with self._hand_lock:
+            self._in_hand[job.id] = job
+        self.keeper.hold(job)
+        self._runners.submit(self._run_job, job)
+
+    def _run_job(self, job: Job) -> None:
+        try:
+            self.process(job)
+        finally:
+            self.keeper.release(job)
+            with self._hand_lock:
+                self._in_hand.pop(job.id, None)
+            self._slots.release()
+
+    def _drain(self) -> None:
+        """Wait for the deliveries in hand (they stop by themselves once the grace period is over)."""
+        self._runners.shutdown(wait=True)
+        self.gate.stop()
+        self.keeper.stop()
 
     def process(self, job: Job) -> JobResult:
         """Deliver one claimed job and settle it with the queue."""
         started = time.perf_counter()
         self.hooks.job_received(self, job)
-        holder = f"{self.name}:{self.pid}:{uuid.uuid4().hex[:12]}"
         outcome: DeliveryOutcome | None = None
         reason = ""
-        with LeaseKeeper(self.queue, self.store, job, holder, self.settings.lease_seconds) as keeper:
-            self._keeper = keeper
-            try:
-                outcome = self.deliverer.deliver(
-                    job.changeset_id,
-                    holder=holder,
-                    mode=DispatchMode.ASYNC,
-                    job_id=job.id,
-                    queued_at=datetime.fromtimestamp(job.enqueued_at, UTC),
-                    keep_going=self._keep_going,
-                )
-            except Exception as exc:  # the database failed before the lock was taken: nothing changed
-                reason = f"{type(exc).__name__}: {exc}"[:500]
-                log.exception("%s: job %s failed", self.name, job.id)
-            finally:
-                self._keeper = None
+        try:
+            outcome = self.deliverer.deliver(
+                job.changeset_id,
+                holder=f"{self.holder_prefix}{uuid.uuid4().hex[:12]}",
+                mode=DispatchMode.ASYNC,
+                job_id=job.id,
+                queued_at=_when(job.enqueued_at),
+                keep_going=lambda: not (self.keeper.is_lost(job) or self._grace_over()),
+            )
+        except Exception as exc:  # the database failed before the lock was taken: nothing changed
+            reason = f"{type(exc).__name__}: {exc}"[:500]
+            log.exception("%s: job %s failed", self.name, job.id)
         result = self._settle(job, outcome, reason, started)
-        self.jobs_done += 1
+        with self._hand_lock:
+            self.jobs_done += 1
         self.hooks.job_settled(self, result)
         return result
 
     def _settle(self, job: Job, outcome: DeliveryOutcome | None, reason: str, started: float) -> JobResult:
-        at_limit = job.attempts >= self.settings.job_max_attempts
         if outcome is not None and outcome.finished:
             action, delay = "ack", 0.0
         elif outcome is not None and outcome.verdict is Verdict.BUSY:
             # Another process holds the changeset (a duplicate job). Look again once its lease would have
-            # run out; at the attempt limit just drop this copy: if the holder dies, the relay re-pushes.
-            action, delay, reason = ("ack" if at_limit else "retry"), outcome.delay, outcome.reason
+            # run out; if the holder dies meanwhile, this copy (or the relay) finishes the work.
+            action, delay, reason = "retry", outcome.delay, outcome.reason
+        elif outcome is not None:
+            action, delay, reason = "retry", outcome.delay, outcome.reason or "retry"
         else:
-            action = "retry"
-            s = self.settings
-            delay = (
-                outcome.delay
-                if outcome is not None
-                else backoff(job.attempts, base=s.retry_base_seconds, cap=s.retry_max_seconds)
-            )
-            reason = (outcome.reason if outcome is not None else reason) or "retry"
-            if at_limit:
-                action = "dead"
-                reason = f"gave up after {job.attempts} attempts; last error: {reason}"
+            action, delay = "retry", self.policy.broken_run_delay(job.attempts, self._rng)
         try:
             if action == "ack":
                 self.queue.ack(job)
-            elif action == "retry":
-                self.queue.retry(job, delay, reason)
             else:
-                self.queue.dead(job, reason)
-                with self.store.write() as conn:
-                    outbox.mark_dead(conn, job.changeset_id, reason, now=outbox.utcnow(), job_id=job.id)
+                self.queue.retry(job, delay, reason)
         except Exception as exc:  # its lease runs out and another claim settles it: nothing is lost
             log.warning("%s: could not %s job %s: %s", self.name, action, job.id, exc)
         duration_ms = (time.perf_counter() - started) * 1000
         return JobResult(job, action, outcome, delay, reason, duration_ms)
 
     def _close(self) -> None:
-        for close in (self.transport.close, self.queue.close, self.store.dispose, self.db.dispose):
+        self._senders.shutdown(wait=False, cancel_futures=True)
+        for close in (self.relay.close, self.queue.close, self.db.dispose):
             try:
                 close()
             except Exception:
                 log.debug("closing failed", exc_info=True)
+
+
+def _when(enqueued_at: float) -> datetime | None:
+    try:
+        return datetime.fromtimestamp(enqueued_at, UTC)
+    except (OverflowError, OSError, ValueError):  # a garbage time must not break the delivery
+        return None

@@ -26,11 +26,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from herald.config import Settings
+from herald.outbox import records
+from herald.outbox.records import requeue_after
 from herald.queue import Job, Queue, QueueError
 from herald.tracker.db import Database
-from herald.worker import outbox
+from herald.tracker.models import utcnow
 
-__all__ = ["PENDING_GRACE_SECONDS", "Relay", "RelayReport", "requeue_after"]
+__all__ = ["PENDING_GRACE_SECONDS", "Relay", "RelayReport"]
 
 log = logging.getLogger("herald.relay")
 
@@ -43,11 +45,6 @@ BATCH = 500
 #: How often dead letters are matched against the outbox.
 DEAD_SCAN_SECONDS = 30.0
 _DEAD_SCAN_LIMIT = 1000
-
-
-def requeue_after(settings: Settings) -> float:
-    """How long a queued row may go without progress before the relay pushes its job again."""
-    return max(10.0, settings.lease_seconds)
 
 
 @dataclass(frozen=True)
@@ -68,7 +65,7 @@ class Relay:
         queue: Queue,
         settings: Settings,
         *,
-        clock: Callable[[], datetime] = outbox.utcnow,
+        clock: Callable[[], datetime] = utcnow,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.db = db
@@ -82,15 +79,15 @@ class Relay:
         """One pass. Raises QueueUnavailable (nothing was lost) when the queue cannot be reached."""
         now = self._clock()
         with self.db.engine.begin() as session:
-            rows = outbox.relay_candidates(
+            rows = records.relay_candidates(
                 session, now, pending_grace=PENDING_GRACE_SECONDS, due_slack=DUE_SLACK_SECONDS, limit=BATCH
             )
             if rows:
                 proposals = {r.changeset_id: Job.new(r.changeset_id).id for r in rows if r.job_id is None}
                 job_ids = {r.changeset_id: r.job_id for r in rows if r.job_id is not None}
                 if proposals:
-                    job_ids.update(outbox.assign_job_ids(session, proposals))
-        pushed: list[outbox.RelayRow] = []
+                    job_ids.update(records.assign_job_ids(session, proposals))
+        pushed: list[records.RelayRow] = []
         failed = 0
         try:
             for row in rows:
@@ -110,7 +107,7 @@ class Relay:
         finally:
             if pushed:
                 with self.db.engine.begin() as session:
-                    outbox.mark_relayed(session, pushed, now=now, recheck_at=now + self._recheck)
+                    records.mark_relayed(session, pushed, now=now, recheck_at=now + self._recheck)
                 for row in pushed:
                     log.info(
                         "relay pushed changeset_id=%d job_id=%s (was %s)",
@@ -133,7 +130,7 @@ class Relay:
             for letter in letters:
                 assert letter.changeset_id is not None
                 reason = f"job {letter.job_id} dead-lettered: {letter.reason}"
-                if outbox.mark_dead(session, letter.changeset_id, reason, now=now, job_id=letter.job_id):
+                if records.mark_dead(session, letter.changeset_id, reason, now=now, job_id=letter.job_id):
                     marked += 1
                     log.warning("changeset_id=%d marked dead: %s", letter.changeset_id, reason)
         return marked

@@ -5,6 +5,10 @@ The supervisor
 - keeps exactly :func:`workers_wanted` ``herald worker --id i`` subprocesses running, restarting one that
   exits with a backoff that grows while it keeps crashing (0.5 s doubling to 30 s, reset after a minute
   of good health);
+- when one of its workers dies (SIGKILL, a crash), hands that worker's claimed jobs and outbox locks back
+  at once (``Queue.release`` of its consumer, ``release_holders`` of its pid), so its recipients go out
+  within seconds rather than after ``lease_seconds``; the fencing token makes this safe even if the
+  "dead" worker was only frozen. The lease stays as the fallback for a host that vanished;
 - every second returns the jobs of dead workers to the queue (``reclaim_stale``; claims do it too, this
   covers a pool that shrank to nothing) and runs the outbox relay (:mod:`herald.worker.relay`);
 - beats a heartbeat of its own (with how many workers it wants and has) next to the workers' ones;
@@ -38,9 +42,10 @@ from typing import Any
 from sqlalchemy import select
 
 from herald.config import Settings
+from herald.outbox import lock
 from herald.queue import Queue, QueueError, make_queue
 from herald.tracker.db import Database
-from herald.tracker.models import WorkerHeartbeat
+from herald.tracker.models import WorkerHeartbeat, utcnow
 from herald.worker.heartbeat import Heartbeat, forget, process_name
 from herald.worker.relay import Relay
 
@@ -238,6 +243,7 @@ class Supervisor:
                 delay,
             )
             self.restarts += 1
+            self._hand_back(slot.worker_id, process.pid)
             return
         if now >= slot.start_at and not self._stop.is_set():
             slot.process = subprocess.Popen(
@@ -245,6 +251,28 @@ class Supervisor:
             )
             slot.started = now
             log.info("worker-%d started pid=%d", slot.worker_id, slot.process.pid)
+
+    def _hand_back(self, worker_id: int, pid: int) -> None:
+        """A worker died: its jobs and locks go to the live workers now, not after their leases."""
+        consumer = process_name(f"worker-{worker_id}", self.host)
+        jobs = locks = 0
+        try:
+            jobs = self.queue.release(consumer)
+        except QueueError as exc:  # the lease is the fallback
+            log.warning("could not hand back the jobs of worker-%d: %s", worker_id, exc)
+        try:
+            with self.db.engine.begin() as conn:
+                locks = lock.release_holders(conn, f"{consumer}:{pid}:", utcnow())
+        except Exception as exc:
+            log.warning("could not release the notification locks of worker-%d: %s", worker_id, exc)
+        if jobs or locks:
+            log.warning(
+                "handed back %d job(s) and %d notification lock(s) of worker-%d (pid %d) to the live workers",
+                jobs,
+                locks,
+                worker_id,
+                pid,
+            )
 
     def _maintain(self) -> None:
         try:

@@ -3,6 +3,8 @@
 from alembic import context
 from sqlalchemy import create_engine
 
+# herald.outbox adds the outbox and ledger tables to this metadata when it is imported (the schema test
+# does); running migrations needs no metadata at all.
 from herald.tracker.models import Base
 
 config = context.config

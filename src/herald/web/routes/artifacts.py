@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 from sqlalchemy.orm import Session
 
+from herald.outbox import records
 from herald.tracker import subscriptions
 from herald.tracker.artifacts import create_artifact, get_artifact, update_artifact
 from herald.tracker.models import Changeset, User
@@ -25,11 +26,12 @@ router = APIRouter(prefix="/api", tags=["artifacts"])
 
 
 def _change(runtime: Runtime, caller: User, change: Callable[[Session, User], Changeset]) -> dict[str, Any]:
-    """Commit ``change`` (which writes the changeset and its outbox row), then hand the notification on."""
+    """Commit ``change`` with the notification it owes (one transaction), then hand the notification on."""
     with runtime.db.session() as s:
         author = s.merge(caller, load=False)
         cs = change(s, author)
         mode = runtime.dispatcher.mode_for(cs.artifact.tracker.project_id)
+        records.record(s, cs.id, mode, cs.created_at)
         answer = {
             "artifact": artifact_view(cs.artifact, author, with_history=False),
             "changeset_id": cs.id,
@@ -53,7 +55,6 @@ def post_artifact(
             values=body.values,
             comment=body.comment,
             comment_private=body.comment_private,
-            mode_for=runtime.dispatcher.mode_for,
         ),
     )
 
@@ -73,7 +74,6 @@ def patch_artifact(
             comment=body.comment,
             comment_private=body.comment_private,
             expected_version=body.version,
-            mode_for=runtime.dispatcher.mode_for,
         ),
     )
 

@@ -10,14 +10,12 @@ from urllib.parse import parse_qs
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from sqlalchemy import func, select
 
 from herald.mail import MailboxTransport
-from herald.ops.backlog import read_backlog
 from herald.ops.check import run_check
 from herald.ops.metrics import HeraldCollector, render_metrics
+from herald.outbox import read_backlog, recent_notifications
 from herald.queue import QueueError
-from herald.tracker.models import Delivery, Notification
 from herald.web.auth import Admin
 from herald.web.errors import error_body
 from herald.web.pages import page
@@ -76,14 +74,7 @@ def admin_page(request: Request, runtime: RuntimeDep) -> HTMLResponse:
     report = run_check(runtime.settings, runtime.db, runtime.queue, runtime.live_workers)
     with runtime.db.read() as s:
         backlog = read_backlog(s, runtime.settings.stale_after_seconds)
-        recent = s.execute(
-            select(Notification, func.count(Delivery.id))
-            .outerjoin(Delivery, Delivery.changeset_id == Notification.changeset_id)
-            .group_by(Notification.changeset_id)
-            .order_by(Notification.created_at.desc(), Notification.changeset_id.desc())
-            .limit(50)
-        ).all()
-        rows = [(n, count) for n, count in recent]
+        rows = recent_notifications(s, 50)
         try:
             stats = runtime.queue.stats()
             dead = runtime.queue.dead_letters(limit=20)

@@ -8,11 +8,10 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from herald.outbox import notification_detail
 from herald.tracker.errors import NotFound
-from herald.tracker.models import Notification
 from herald.web.auth import Admin
 from herald.web.routes.common import Id, RuntimeDep
-from herald.web.views import notification_view
 
 router = APIRouter(tags=["status"])
 
@@ -30,7 +29,7 @@ def healthz(runtime: RuntimeDep) -> JSONResponse:
 @router.get("/api/changesets/{changeset_id}/notification", summary="The job and each recipient's delivery")
 def changeset_notification(changeset_id: Id, _: Admin, runtime: RuntimeDep) -> dict[str, Any]:
     with runtime.db.read() as s:
-        notification = s.get(Notification, changeset_id)
-        if notification is None:
+        detail = notification_detail(s, changeset_id)
+        if detail is None:
             raise NotFound(f"changeset {changeset_id} has no notification")
-        return notification_view(notification)
+        return detail

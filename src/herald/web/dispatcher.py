@@ -15,8 +15,9 @@ off:
   back. The row is never delivered inline instead (that would put SMTP on the request path exactly when
   the system is struggling).
 
-Inline delivery runs in the request thread after the commit; whatever happens is logged and recorded in
-the ledger, never raised: a mail failure must not fail a change that is already committed.
+Inline delivery runs in the request thread after the commit, through the same delivery run as the workers
+(its recipients sent in parallel over a small pool of relay connections); whatever happens is logged and
+recorded in the ledger, never raised: a mail failure must not fail a change that is already committed.
 """
 
 from __future__ import annotations
@@ -27,21 +28,20 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
-from herald.config import Settings
-from herald.mail import make_transport
-from herald.mail.transport import Transport
+from herald.config import DispatchMode, Settings
+from herald.delivery import Deliverer
+from herald.delivery.run import Relay
+from herald.mail import make_pool
 from herald.notify.dispatch import DispatchPolicy
+from herald.outbox import records
+from herald.outbox.records import requeue_after
 from herald.queue import Job, Queue, QueueError, make_queue
 from herald.tracker.db import Database
-from herald.tracker.models import DispatchMode
-from herald.worker import outbox
-from herald.worker.delivery import Deliverer
-from herald.worker.relay import requeue_after
-from herald.worker.store import Store
 
-__all__ = ["CircuitBreaker", "FrontEndDispatcher", "QueuedMarks", "TransportPool", "build_dispatcher"]
+__all__ = ["CircuitBreaker", "FrontEndDispatcher", "QueuedMarks", "build_dispatcher"]
 
 log = logging.getLogger("herald.dispatch")
 
@@ -121,7 +121,7 @@ class QueuedMarks:
                     return
             try:
                 with self._db.engine.begin() as conn:
-                    outbox.mark_queued(conn, batch, recheck_after=self._recheck_after)
+                    records.mark_queued(conn, batch, recheck_after=self._recheck_after)
             except Exception as exc:  # the rows stay pending; the relay pushes them again, harmlessly
                 log.warning("could not mark %d pushed notification(s) as queued: %s", len(batch), exc)
 
@@ -133,39 +133,6 @@ class QueuedMarks:
             thread = self._thread
         if thread is not None:
             thread.join(timeout)
-
-
-class TransportPool:
-    """Mail transports for concurrent inline deliveries: one per request in flight, reused afterwards
-    (each holds one SMTP connection, which is not shared between threads)."""
-
-    def __init__(self, factory: Callable[[], Transport]) -> None:
-        self._factory = factory
-        self._idle: list[Transport] = []
-        self._all: list[Transport] = []
-        self._lock = threading.Lock()
-
-    def acquire(self) -> Transport:
-        with self._lock:
-            if self._idle:
-                return self._idle.pop()
-        transport = self._factory()
-        with self._lock:
-            self._all.append(transport)
-        return transport
-
-    def release(self, transport: Transport) -> None:
-        with self._lock:
-            self._idle.append(transport)
-
-    def close(self) -> None:
-        with self._lock:
-            transports, self._all, self._idle = self._all, [], []
-        for transport in transports:
-            try:
-                transport.close()
-            except Exception:  # closing is best effort
-                log.debug("closing a mail transport failed", exc_info=True)
 
 
 def _front_end_queue(settings: Settings) -> tuple[Queue, Callable[[], None]]:
@@ -207,7 +174,7 @@ class FrontEndDispatcher:
         db: Database,
         *,
         queue: Queue | None = None,
-        transport_factory: Callable[[], Transport] | None = None,
+        relay: Relay | None = None,
         breaker: CircuitBreaker | None = None,
     ) -> None:
         self.settings = settings
@@ -218,10 +185,29 @@ class FrontEndDispatcher:
             queue, self._close_queue = _front_end_queue(settings)
         self._queue = queue
         self._breaker = breaker or CircuitBreaker()
-        self._transports = TransportPool(transport_factory or (lambda: make_transport(settings)))
         self._marks = QueuedMarks(db, timedelta(seconds=requeue_after(settings)))
-        self._store = Store(db)
-        self._holder_prefix = f"web:{os.getpid()}"
+        self._holder_prefix = f"web:{os.getpid()}:"
+        self._relay: Relay | None = relay
+        self._owns_relay = relay is None
+        self._deliverer: Deliverer | None = None
+        self._senders: ThreadPoolExecutor | None = None
+        self._lazy = threading.Lock()
+
+    def _inline_deliverer(self) -> Deliverer:
+        """Built on the first inline delivery: a front end whose projects are all async needs no relay."""
+        with self._lazy:
+            if self._deliverer is None:
+                share = max(1, self.settings.smtp_max_connections // 4)
+                if self._relay is None:
+                    self._relay = make_pool(self.settings, max_connections=share)
+                self._senders = ThreadPoolExecutor(share, thread_name_prefix="herald-inline-send")
+                # No lease keeper renews an inline lock and no relay gate holds it: the lease must outlast
+                # a run whose sends time out, and a relay outage leaves recipients for the recovery worker.
+                lease = self.settings.lease_seconds + 2 * self.settings.smtp_timeout
+                self._deliverer = Deliverer(
+                    self.db, self.settings, self._relay, senders=self._senders, lease_seconds=lease
+                )
+            return self._deliverer
 
     def mode_for(self, project_id: int) -> DispatchMode:
         return self._policy.mode_for(project_id)
@@ -259,23 +245,17 @@ class FrontEndDispatcher:
         self._marks.add(changeset_id, job.id, datetime.fromtimestamp(job.enqueued_at, UTC))
 
     def _inline(self, changeset_id: int) -> None:
-        transport = self._transports.acquire()
-        try:
-            # No keeper thread renews an inline lease, so it must outlast one send that times out.
-            lease = self.settings.lease_seconds + self.settings.smtp_timeout
-            Deliverer(self._store, self.settings, transport, lease_seconds=lease).deliver(
-                changeset_id,
-                holder=f"{self._holder_prefix}:{uuid.uuid4().hex[:12]}",
-                mode=DispatchMode.INLINE,
-            )
-        finally:
-            self._transports.release(transport)
+        self._inline_deliverer().deliver(
+            changeset_id, holder=f"{self._holder_prefix}{uuid.uuid4().hex[:12]}", mode=DispatchMode.INLINE
+        )
 
     def close(self) -> None:
         self._marks.close()
-        self._transports.close()
+        if self._senders is not None:
+            self._senders.shutdown(wait=False, cancel_futures=True)
+        if self._relay is not None and self._owns_relay:
+            self._relay.close()
         self._close_queue()
-        self._store.dispose()
 
 
 def build_dispatcher(settings: Settings, db: Database) -> FrontEndDispatcher:

@@ -1,0 +1,41 @@
+"""What one delivery run tells its caller."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+__all__ = ["DeliveryOutcome", "Verdict"]
+
+
+class Verdict(enum.StrEnum):
+    """What became of one delivery run, and so of the job that asked for it."""
+
+    DONE = "done"  # every recipient sent or failed for good (or nobody to mail): ack
+    RETRY = "retry"  # some recipients are due again after ``delay``
+    GONE = "gone"  # the changeset no longer exists: ack
+    BUSY = "busy"  # another process is delivering it right now: look again after ``delay``
+    LOST = "lost"  # our lock was taken over (fenced off) mid-way; the new holder finishes: ack
+
+
+@dataclass(frozen=True)
+class DeliveryOutcome:
+    """The result of :meth:`~herald.delivery.Deliverer.deliver`; counts are the ledger's, all runs
+    included (``held``: recipients this run held back because the relay was down)."""
+
+    verdict: Verdict
+    changeset_id: int
+    artifact_id: int | None = None
+    recipients: int = 0
+    sent: int = 0
+    failed: int = 0
+    retrying: int = 0
+    held: int = 0
+    delay: float = 0.0
+    duration_ms: float = 0.0
+    reason: str = ""
+
+    @property
+    def finished(self) -> bool:
+        """Whether the job that asked for this run is done with (ack), rather than due again later."""
+        return self.verdict in (Verdict.DONE, Verdict.GONE, Verdict.LOST)

@@ -1,0 +1,134 @@
+"""Figures about notifications owed, read from the outbox and the delivery ledger (the source of truth):
+what ``herald check``, the metrics, the API and the admin page show."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from herald.outbox.tables import Delivery, Notification, NotificationState
+from herald.tracker.models import utcnow
+
+__all__ = ["UNFINISHED", "Backlog", "notification_detail", "read_backlog", "recent_notifications"]
+
+UNFINISHED = (
+    NotificationState.PENDING,
+    NotificationState.QUEUED,
+    NotificationState.RUNNING,
+    NotificationState.RETRYING,
+)
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """How many notifications are in each state, and how old the oldest unfinished one is."""
+
+    states: dict[str, int] = field(default_factory=dict)
+    deliveries: dict[str, int] = field(default_factory=dict)
+    oldest_unfinished_age: float = 0.0
+    oldest_unfinished_changeset: int | None = None
+    stale: int = 0
+
+    @property
+    def unfinished(self) -> int:
+        return sum(self.states.get(s.value, 0) for s in UNFINISHED)
+
+
+def _age(created: datetime, now: datetime) -> float:
+    if created.tzinfo is None:  # SQLite hands back naive datetimes; herald writes UTC
+        created = created.replace(tzinfo=now.tzinfo)
+    return max(0.0, (now - created).total_seconds())
+
+
+def read_backlog(session: Session, stale_after_seconds: float) -> Backlog:
+    now = utcnow()
+    states = {
+        state.value: count
+        for state, count in session.execute(
+            select(Notification.state, func.count()).group_by(Notification.state)
+        )
+    }
+    deliveries = {
+        status.value: count
+        for status, count in session.execute(select(Delivery.status, func.count()).group_by(Delivery.status))
+    }
+    oldest = session.execute(
+        select(Notification.changeset_id, Notification.created_at)
+        .where(Notification.state.in_(UNFINISHED))
+        .order_by(Notification.created_at, Notification.changeset_id)
+        .limit(1)
+    ).first()
+    cutoff_count = 0
+    age, changeset = 0.0, None
+    if oldest is not None:
+        changeset, age = oldest[0], _age(oldest[1], now)
+        cutoff = now - timedelta(seconds=stale_after_seconds)
+        cutoff_count = (
+            session.scalar(
+                select(func.count())
+                .select_from(Notification)
+                .where(Notification.state.in_(UNFINISHED), Notification.created_at < cutoff)
+            )
+            or 0
+        )
+    return Backlog(states, deliveries, age, changeset, cutoff_count)
+
+
+def _ts(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _detail(n: Notification) -> dict[str, Any]:
+    return {
+        "changeset_id": n.changeset_id,
+        "mode": n.mode.value,
+        "state": n.state.value,
+        "job_id": n.job_id,
+        "attempts": n.attempts,
+        "fence": n.fence,
+        "holder": n.worker,
+        "created_at": _ts(n.created_at),
+        "queued_at": _ts(n.queued_at),
+        "started_at": _ts(n.started_at),
+        "finished_at": _ts(n.finished_at),
+        "next_attempt_at": _ts(n.next_attempt_at),
+        "last_error": n.last_error,
+        "deliveries": [
+            {
+                "address": d.address,
+                "user_id": d.user_id,
+                "reason": d.reason,
+                "status": d.status.value,
+                "attempts": d.attempts,
+                "message_id": d.message_id,
+                "last_reply": d.last_reply,
+                "updated_at": _ts(d.updated_at),
+                "sent_at": _ts(d.sent_at),
+                "next_attempt_at": _ts(d.next_attempt_at),
+            }
+            for d in n.deliveries
+        ],
+    }
+
+
+def notification_detail(session: Session, changeset_id: int) -> dict[str, Any] | None:
+    """The notification of ``changeset_id`` and each recipient's delivery, as plain values; None if the
+    changeset owes none."""
+    n = session.get(Notification, changeset_id)
+    return None if n is None else _detail(n)
+
+
+def recent_notifications(session: Session, limit: int = 50) -> list[tuple[Notification, int]]:
+    """The newest notifications with their recipient counts, newest first."""
+    rows = session.execute(
+        select(Notification, func.count(Delivery.id))
+        .outerjoin(Delivery, Delivery.changeset_id == Notification.changeset_id)
+        .group_by(Notification.changeset_id)
+        .order_by(Notification.created_at.desc(), Notification.changeset_id.desc())
+        .limit(limit)
+    ).all()
+    return [(n, int(count)) for n, count in rows]
