@@ -126,3 +126,66 @@ def test_errors_pickle(kind):
         "a@x",
     )
     assert repr(copy) == f"{kind.__name__}('refused', code=550, recipient='a@x')"
+
+
+# --- relay_down: the relay itself is at fault, no recipient is to blame ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("exc", "relay_down"),
+    [
+        # the relay is unreachable, unresponsive or refuses the session
+        (ConnectionRefusedError(111, "Connection refused"), True),
+        (ConnectionResetError(104, "Connection reset by peer"), True),
+        (smtplib.SMTPServerDisconnected("Connection unexpectedly closed"), True),
+        (TimeoutError("timed out"), True),
+        (_disconnected_by_timeout(), True),
+        (socket.gaierror(-2, "Name or service not known"), True),
+        (ssl.SSLError(1, "wrong version number"), True),
+        (ssl.SSLCertVerificationError(1, "certificate verify failed"), True),
+        (smtplib.SMTPConnectError(421, b"4.3.2 service not available"), True),
+        (smtplib.SMTPConnectError(554, b"5.7.1 go away"), True),
+        (smtplib.SMTPHeloError(421, b"4.3.2 service not available"), True),
+        (smtplib.SMTPConnectError(-1, b"garbage"), True),
+        # herald's own mail configuration
+        (smtplib.SMTPAuthenticationError(535, b"5.7.8 bad credentials"), True),
+        (smtplib.SMTPNotSupportedError("SMTP AUTH extension not supported"), True),
+        (smtplib.SMTPSenderRefused(553, b"5.7.1 not yours", "h@x"), True),
+        # MAIL FROM names no recipient: even its 4xx is the relay's
+        (smtplib.SMTPSenderRefused(451, b"4.3.0 local error", "h@x"), True),
+        (smtplib.SMTPSenderRefused(421, b"4.3.2 closing", "h@x"), True),
+        # 421 to RCPT or DATA: the relay is closing, not judging the recipient
+        (smtplib.SMTPRecipientsRefused({"a@x": (421, b"4.3.2 closing")}), True),
+        (smtplib.SMTPDataError(421, b"4.3.2 closing"), True),
+        # one recipient's transient or permanent refusal
+        (smtplib.SMTPRecipientsRefused({"a@x": (450, b"4.2.1 busy")}), False),
+        (smtplib.SMTPRecipientsRefused({"a@x": (451, b"4.3.0 later")}), False),
+        (smtplib.SMTPRecipientsRefused({"a@x": (452, b"4.2.2 full")}), False),
+        (smtplib.SMTPRecipientsRefused({"a@x": (550, b"5.1.1 unknown")}), False),
+        (smtplib.SMTPDataError(451, b"4.3.0 try later"), False),
+        (smtplib.SMTPDataError(554, b"5.6.0 rejected"), False),
+        (smtplib.SMTPDataError(552, b"5.3.4 too big"), False),
+        (RuntimeError("surprise"), False),
+    ],
+    ids=lambda v: (
+        f"{type(v).__name__}-{getattr(v, 'smtp_code', '')}" if isinstance(v, BaseException) else None
+    ),
+)
+def test_relay_down(exc, relay_down):
+    assert classify(exc, recipient="a@x").relay_down is relay_down
+
+
+def test_relay_down_by_type_and_override():
+    assert MailConnectionError("x").relay_down
+    assert MailTimeoutError("x").relay_down
+    assert MailConfigError("x").relay_down
+    assert not TransientMailError("x").relay_down
+    assert not PermanentMailError("x").relay_down
+    assert TransientMailError("disk full", relay_down=True).relay_down
+    assert not MailConnectionError("x", relay_down=False).relay_down
+
+
+def test_relay_down_survives_pickling():
+    error = TransientMailError("x", code=451, relay_down=True)
+
+    assert pickle.loads(pickle.dumps(error)).relay_down

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from herald.config import load_settings
-from herald.mail import MailboxTransport, PermanentMailError
+from herald.mail import MailboxTransport, PermanentMailError, TransientMailError
 from tests.mail.messages import SENDER, build_message
 
 
@@ -187,3 +187,30 @@ def test_bad_envelope_is_refused(box):
 def test_negative_paging_is_refused(box):
     with pytest.raises(ValueError):
         box.list_messages(limit=-1)
+
+
+def test_send_bytes_stores_the_given_bytes(box, settings):
+    from herald.mail.transport import serialize
+
+    raw = serialize(build_message(subject="as given"))
+
+    receipt = box.send_bytes(raw, SENDER, "bob@example.org", message_id="<given@x>")
+
+    key = receipt.reply.removeprefix("stored as ")
+    stored = (settings.mailbox_dir / "new" / key).read_bytes()
+    assert stored == f"Return-Path: <{SENDER}>\nDelivered-To: bob@example.org\n".encode() + raw.replace(
+        b"\r\n", b"\n"
+    )
+    assert receipt.message_id == "<given@x>"
+
+
+def test_an_unwritable_mailbox_holds_the_relay(tmp_path):
+    (tmp_path / "data").write_text("a file where the data directory should be")
+    box = MailboxTransport(load_settings(env={"HERALD_DATA_DIR": str(tmp_path / "data")}))
+
+    with pytest.raises(TransientMailError) as info:
+        box.send_bytes(b"Subject: x\r\n\r\nx\r\n", SENDER, "bob@example.org")
+    with pytest.raises(TransientMailError) as probed:
+        box.probe()
+
+    assert info.value.relay_down and probed.value.relay_down

@@ -272,3 +272,35 @@ def smtp_settings_for(host: str, port: int, **overrides: object):
     env = {"HERALD_SMTP_HOST": host, "HERALD_SMTP_PORT": str(port), "HERALD_SMTP_TIMEOUT": "2"}
     env.update({f"HERALD_{k.upper()}": str(v) for k, v in overrides.items()})
     return load_settings(env=env)
+
+
+def test_send_bytes_sends_the_bytes_unchanged(smtp_server, transport):
+    from herald.mail.transport import serialize
+
+    raw = serialize(build_message(body="ligne\n.point\n"))
+
+    receipt = transport.send_bytes(raw, SENDER, "bob@example.org", message_id="<given@x>")
+
+    [received] = smtp_server.wait_for(1)
+    assert received.data == raw
+    assert receipt.message_id == "<given@x>"
+    assert received.mail_options == ()  # ASCII bytes: no BODY=8BITMIME, no SMTPUTF8
+
+
+def test_send_bytes_asks_for_smtputf8_when_told(smtp_server, transport):
+    from herald.mail.transport import serialize
+
+    raw = serialize(build_message(to="josé@example.org"), utf8=True)
+
+    transport.send_bytes(raw, SENDER, "bob@example.org", utf8=True)
+
+    [received] = smtp_server.wait_for(1)
+    assert received.data == raw
+    assert set(received.mail_options) == {"SMTPUTF8", "BODY=8BITMIME"}
+
+
+def test_send_bytes_checks_the_envelope(smtp_server, transport):
+    with pytest.raises(PermanentMailError, match="sender"):
+        transport.send_bytes(b"Subject: x\r\n\r\nx\r\n", "a@x>\r\nRSET", "bob@example.org")
+
+    assert smtp_server.connections == 0

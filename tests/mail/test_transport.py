@@ -22,11 +22,14 @@ def test_public_surface_is_pinned():
         "MailTimeoutError",
         "MailboxTransport",
         "PermanentMailError",
+        "RateLimiter",
         "Receipt",
+        "RelayPool",
         "SmtpTransport",
         "Transport",
         "TransientMailError",
         "classify",
+        "make_pool",
         "make_transport",
     }
 

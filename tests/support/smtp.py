@@ -18,7 +18,8 @@ Point herald at a server with ``smtp_settings(server, data_dir=tmp_path)``; for 
 ``ssl_context=server.client_ssl_context()`` to ``SmtpTransport``. Wait for mail with
 ``server.wait_for(n)`` (never sleep); script refusals with ``server.refuse_recipient(...)``,
 ``server.script_mail(...)`` and ``server.script_data(...)`` (which also takes ``DROP`` and ``HANG``);
-count connections with ``server.connections``; simulate an idle timeout with ``server.drop_connections()``.
+count connections with ``server.connections`` (``max_open_connections`` at once), sends per time window
+with ``server.most_in_window(period)``; simulate an idle timeout with ``server.drop_connections()``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -92,6 +94,8 @@ class _Recorder:
         self.messages: list[ReceivedMail] = []
         self.refused_data: list[bytes] = []
         self.data_count = 0
+        self.data_times: list[float] = []  # time.monotonic() when each DATA was complete
+        self.max_open = 0
         self.connections = 0
         self.open: set[SMTP] = set()
         self.rcpt_replies: dict[str, str] = {}
@@ -104,6 +108,7 @@ class _Recorder:
             self.connections += 1
             proto.number = self.connections
             self.open.add(proto)
+            self.max_open = max(self.max_open, len(self.open))
             self.cond.notify_all()
 
     def closed(self, proto: _RecordingSMTP) -> None:
@@ -133,6 +138,7 @@ class _Recorder:
     async def handle_DATA(self, server, session, envelope):
         with self.cond:
             self.data_count += 1
+            self.data_times.append(time.monotonic())
             reply = self.data_replies.popleft() if self.data_replies else "250 2.0.0 OK: queued"
             if not reply.startswith("2"):
                 self.refused_data.append(bytes(envelope.original_content))
@@ -238,6 +244,23 @@ class SmtpServer:
         """How many messages reached the end of DATA, whatever the reply."""
         with self._rec.cond:
             return self._rec.data_count
+
+    @property
+    def max_open_connections(self) -> int:
+        """The most client connections that were open at once."""
+        with self._rec.cond:
+            return self._rec.max_open
+
+    def most_in_window(self, period: float) -> int:
+        """The most messages whose DATA completed within any ``period`` seconds (a relay's rate count)."""
+        with self._rec.cond:
+            times = sorted(self._rec.data_times)
+        most, start = 0, 0
+        for end, at in enumerate(times):
+            while at - times[start] >= period:
+                start += 1
+            most = max(most, end - start + 1)
+        return most
 
     def wait_disconnected(self, timeout: float = DEFAULT_WAIT) -> None:
         """Block until no client connection is open (e.g. after the client's QUIT)."""

@@ -1,8 +1,11 @@
 """Mail transports: SMTP, or the built-in mailbox when no ``smtp_host`` is set.
 
-``herald.mail`` receives ready-built :class:`email.message.EmailMessage` objects and delivers each to one
-envelope recipient; it knows nothing of trackers or queues. Failures are :class:`MailError` subclasses
-whose type says whether to retry (:class:`TransientMailError`) or not (:class:`PermanentMailError`).
+``herald.mail`` receives ready-built :class:`email.message.EmailMessage` objects, or their bytes already
+serialized (``send_bytes``), and delivers each to one envelope recipient: alone (:func:`make_transport`)
+or through a bounded, rate-limited :class:`RelayPool` shared by threads (:func:`make_pool`). It knows
+nothing of trackers or queues. Failures are :class:`MailError` subclasses whose type says whether to
+retry (:class:`TransientMailError`) or not (:class:`PermanentMailError`), and whose ``relay_down`` says
+whether the relay itself, not the recipient, is at fault.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from herald.mail.errors import (
     classify,
 )
 from herald.mail.mailbox import MailboxTransport, MailSummary
+from herald.mail.pool import RelayPool, make_pool
+from herald.mail.ratelimit import RateLimiter
 from herald.mail.smtp import SmtpTransport
 from herald.mail.transport import Receipt, Transport
 
@@ -29,11 +34,14 @@ __all__ = [
     "MailTimeoutError",
     "MailboxTransport",
     "PermanentMailError",
+    "RateLimiter",
     "Receipt",
+    "RelayPool",
     "SmtpTransport",
     "TransientMailError",
     "Transport",
     "classify",
+    "make_pool",
     "make_transport",
 ]
 

@@ -10,8 +10,25 @@
     └── PermanentMailError            5xx for this message or recipient: retrying cannot help
 
 A worker retries a :class:`TransientMailError` with back-off and records a :class:`PermanentMailError`
-as that recipient's final outcome. :func:`classify` translates smtplib, socket and ssl exceptions at the
-boundary so nothing above ``herald.mail`` ever sees them.
+as that recipient's final outcome. Orthogonal to that, :attr:`MailError.relay_down` says whether the relay
+itself is the problem (down, unreachable, refusing herald's login or session): then no recipient is to
+blame, and the delivery engine holds all sending and probes the relay instead of burning anyone's budget.
+
+=====================================================  ==========================  ==========
+failure                                                type                        relay_down
+=====================================================  ==========================  ==========
+refused / reset / closed connection, DNS failure       MailConnectionError         yes
+no answer within ``smtp_timeout`` (any command)        MailTimeoutError            yes
+TLS handshake failure (connect or STARTTLS)            MailConnectionError         yes
+certificate rejected, AUTH refused, no STARTTLS/AUTH   MailConfigError             yes
+421 to the greeting, EHLO, MAIL, RCPT or DATA          MailConnectionError         yes
+4xx to MAIL FROM (names no recipient)                  TransientMailError          yes
+450 / 451 / 452 to RCPT or DATA                        TransientMailError          no
+5xx to RCPT or DATA, bad envelope, header injection    PermanentMailError          no
+=====================================================  ==========================  ==========
+
+:func:`classify` translates smtplib, socket and ssl exceptions at the boundary so nothing above
+``herald.mail`` ever sees them.
 """
 
 from __future__ import annotations
@@ -40,14 +57,35 @@ class MailError(Exception):
     ``recipient`` the envelope recipient concerned, if the failure is about one.
     """
 
+    #: The default of :attr:`relay_down` for the class; an instance may override it.
+    _relay_down_default = False
+
     def __init__(
-        self, message: str, *, code: int | None = None, reply: str = "", recipient: str | None = None
+        self,
+        message: str,
+        *,
+        code: int | None = None,
+        reply: str = "",
+        recipient: str | None = None,
+        relay_down: bool | None = None,
     ) -> None:
         # Only the message goes into args, so the default pickling (args + __dict__) round-trips.
         super().__init__(message)
         self.code = code
         self.reply = reply
         self.recipient = recipient
+        self._relay_down = relay_down
+
+    @property
+    def relay_down(self) -> bool:
+        """True when the relay itself is the problem and no recipient should be blamed.
+
+        Connection failures, timeouts, TLS failures, 421 and herald's own mail configuration (AUTH
+        refused, sender refused) are relay-level; a 4xx or 5xx reply about one recipient is not.
+        """
+        if self._relay_down is not None:
+            return self._relay_down
+        return self._relay_down_default
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self)!r}, code={self.code!r}, recipient={self.recipient!r})"
@@ -64,6 +102,8 @@ class PermanentMailError(MailError):
 class MailConnectionError(TransientMailError, ConnectionError):
     """The connection failed: refused, reset, dropped, closed with 421, or the server spoke garbage."""
 
+    _relay_down_default = True
+
 
 class MailTimeoutError(MailConnectionError, TimeoutError):
     """The server accepted the connection but did not answer within ``smtp_timeout``."""
@@ -77,6 +117,8 @@ class MailConfigError(TransientMailError):
     one wrong password; as transient, deliveries wait (and the admin sees the error) until the
     configuration is fixed, then go out.
     """
+
+    _relay_down_default = True
 
 
 def classify(exc: BaseException, *, recipient: str | None = None) -> MailError:
@@ -100,7 +142,10 @@ def classify(exc: BaseException, *, recipient: str | None = None) -> MailError:
             return MailConfigError(
                 f"sender {exc.sender} refused: {code} {reply}", code=code, reply=reply, recipient=recipient
             )
-        return from_reply(code, reply, f"sender {exc.sender} refused", recipient=recipient)
+        error = from_reply(code, reply, f"sender {exc.sender} refused", recipient=recipient)
+        # MAIL FROM names no recipient: a 4xx to it (local problem, out of storage) is the relay's.
+        error._relay_down = True
+        return error
     if isinstance(exc, smtplib.SMTPConnectError | smtplib.SMTPHeloError):
         # A refused greeting or EHLO says nothing about the message: the server is not serving us now.
         code, reply = _reply(exc)

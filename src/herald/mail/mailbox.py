@@ -21,7 +21,14 @@ from pathlib import Path
 
 from herald.config import Settings
 from herald.mail.errors import TransientMailError
-from herald.mail.transport import Receipt, Transport, check_envelope, message_id, serialize
+from herald.mail.transport import (
+    Receipt,
+    Transport,
+    check_envelope,
+    message_id,
+    needs_smtputf8,
+    serialize,
+)
 
 __all__ = ["MailSummary", "MailboxTransport"]
 
@@ -76,19 +83,45 @@ class MailboxTransport(Transport):
     def send(self, message: EmailMessage, sender: str, recipient: str) -> Receipt:
         """Store ``message`` for ``recipient``; the key is in the receipt's reply."""
         check_envelope(sender, recipient)
-        raw = serialize(message, utf8=not (sender.isascii() and recipient.isascii()))
+        utf8 = needs_smtputf8(sender, recipient)
+        return self.send_bytes(
+            serialize(message, utf8=utf8), sender, recipient, message_id=message_id(message), utf8=utf8
+        )
+
+    def send_bytes(
+        self,
+        raw: bytes,
+        sender: str,
+        recipient: str,
+        *,
+        message_id: str | None = None,
+        utf8: bool = False,
+    ) -> Receipt:
+        """Store ``raw`` as given (after the envelope lines, with LF line ends); the key is in the reply."""
+        check_envelope(sender, recipient)
         envelope = f"Return-Path: <{sender}>\r\nDelivered-To: {recipient}\r\n".encode()
         data = (envelope + raw).replace(b"\r\n", b"\n")
         try:
             with _LOCK:
                 key = self._box().add(data)
         except OSError as exc:
+            # The mailbox is herald's relay here: a full or unwritable disk blames no recipient.
             raise TransientMailError(
-                f"cannot store the message in {self._path}: {exc.strerror or exc}", recipient=recipient
+                f"cannot store the message in {self._path}: {exc.strerror or exc}",
+                recipient=recipient,
+                relay_down=True,
             ) from exc
-        return Receipt(
-            recipient=recipient, code=250, reply=f"stored as {key}", message_id=message_id(message)
-        )
+        return Receipt(recipient=recipient, code=250, reply=f"stored as {key}", message_id=message_id)
+
+    def probe(self) -> None:
+        """Check the Maildir can be opened (created if need be); raises a relay-down :class:`MailError`."""
+        try:
+            with _LOCK:
+                self._box()
+        except OSError as exc:
+            raise TransientMailError(
+                f"cannot open the mailbox {self._path}: {exc.strerror or exc}", relay_down=True
+            ) from exc
 
     def close(self) -> None:
         """Nothing stays open between calls; present for the :class:`Transport` contract."""

@@ -20,7 +20,14 @@ from herald.mail.errors import (
     decode_reply,
     from_reply,
 )
-from herald.mail.transport import Receipt, Transport, check_envelope, message_id, serialize
+from herald.mail.transport import (
+    Receipt,
+    Transport,
+    check_envelope,
+    message_id,
+    needs_smtputf8,
+    serialize,
+)
 
 __all__ = ["SmtpTransport"]
 
@@ -66,15 +73,40 @@ class SmtpTransport(Transport):
     def send(self, message: EmailMessage, sender: str, recipient: str) -> Receipt:
         """Deliver ``message`` to ``recipient`` alone; raises a classified :class:`MailError`."""
         check_envelope(sender, recipient)
-        utf8 = not (sender.isascii() and recipient.isascii())
+        utf8 = needs_smtputf8(sender, recipient)
         raw = serialize(message, utf8=utf8)
+        return self.send_bytes(raw, sender, recipient, message_id=message_id(message), utf8=utf8)
+
+    def send_bytes(
+        self,
+        raw: bytes,
+        sender: str,
+        recipient: str,
+        *,
+        message_id: str | None = None,
+        utf8: bool = False,
+    ) -> Receipt:
+        """Deliver ``raw`` (serialized, checked, CRLF) to ``recipient`` alone; see :class:`Transport`."""
+        check_envelope(sender, recipient)
+        utf8 = needs_smtputf8(sender, recipient, utf8)
         with self._lock:
             try:
                 code, reply = self._send_locked(raw, sender, recipient, utf8)
             except MailError as exc:
                 self._scrub(exc)
                 raise
-        return Receipt(recipient=recipient, code=code, reply=reply, message_id=message_id(message))
+        return Receipt(recipient=recipient, code=code, reply=reply, message_id=message_id)
+
+    def probe(self) -> None:
+        """Open a fresh connection (greeting, EHLO, STARTTLS and AUTH as configured), then QUIT.
+
+        Raises the classified :class:`MailError` when the relay is unusable; the kept connection, if
+        any, is left alone.
+        """
+        conn = self._open()
+        with contextlib.suppress(*_SMTP_ERRORS):
+            conn.quit()
+        _close_quietly(conn)
 
     def close(self) -> None:
         """Say QUIT and close the connection, if one is open."""
@@ -160,6 +192,11 @@ class SmtpTransport(Transport):
     # --- the connection --------------------------------------------------------------------------------
 
     def _connect(self) -> smtplib.SMTP:
+        self._conn = self._open()
+        return self._conn
+
+    def _open(self) -> smtplib.SMTP:
+        """A new connection, greeted, EHLO'd, upgraded and logged in as configured."""
         log.debug("connecting to SMTP server %s:%s (%s)", self._host, self._port, self._security)
         context = self._context() if self._security != "none" else None
         conn: smtplib.SMTP
@@ -180,13 +217,13 @@ class SmtpTransport(Transport):
                 self._starttls(conn, context)
             if self._user:
                 self._login(conn)
-        except MailError:
+        except MailError as exc:
             _close_quietly(conn)
+            self._scrub(exc)
             raise
         except _SMTP_ERRORS as exc:
             _close_quietly(conn)
             raise classify(exc) from exc
-        self._conn = conn
         return conn
 
     def _context(self) -> ssl.SSLContext:

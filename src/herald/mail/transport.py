@@ -1,9 +1,13 @@
 """The mail seam: one method that hands one message to one recipient.
 
 Everything above ``herald.mail`` sees only :class:`Transport` and :class:`Receipt`; SMTP and the built-in
-mailbox sit behind it. One recipient per call: herald writes every recipient their own message (To: them
-alone), and the envelope recipient is passed explicitly, never derived from the headers, so a Cc or Bcc
-header can never widen who receives a message.
+mailbox sit behind it. A message comes either as an :class:`~email.message.EmailMessage` (:meth:`send`,
+which serializes and checks it) or as bytes already serialized and checked once by the caller
+(:meth:`send_bytes`, the delivery engine's hot path: no email-package work per send).
+
+One recipient per call: herald writes every recipient their own message (To: them alone), and the
+envelope recipient is passed explicitly, never derived from the headers, so a Cc or Bcc header can
+never widen who receives a message.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Protocol, Self
 
 from herald.mail.errors import PermanentMailError
 
-__all__ = ["Receipt", "Transport", "check_envelope", "serialize"]
+__all__ = ["Receipt", "Transport", "check_envelope", "needs_smtputf8", "serialize"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +41,24 @@ class Transport(Protocol):
         """Deliver ``message`` to ``recipient`` alone, with ``sender`` as the envelope sender.
 
         Raises a :class:`~herald.mail.errors.MailError`: transient or permanent, as its type says.
+        """
+        ...
+
+    def send_bytes(
+        self,
+        raw: bytes,
+        sender: str,
+        recipient: str,
+        *,
+        message_id: str | None = None,
+        utf8: bool = False,
+    ) -> Receipt:
+        """Deliver ``raw``, a complete message with CRLF line endings, to ``recipient`` alone.
+
+        ``raw`` must already be serialized and header-checked (:func:`serialize` does both); it goes out
+        unchanged. ``utf8`` says it was serialized with raw UTF-8 headers and needs SMTPUTF8 (a non-ASCII
+        envelope address needs it anyway). ``message_id`` is only copied into the receipt. The envelope is
+        checked as in :meth:`send`.
         """
         ...
 
@@ -76,6 +98,11 @@ def serialize(message: EmailMessage, *, utf8: bool = False) -> bytes:
                     f"header {name!r} contains a line break that would start a new header"
                 )
     return message.as_bytes(policy=policy)
+
+
+def needs_smtputf8(sender: str, recipient: str, utf8: bool = False) -> bool:
+    """Whether a send needs SMTPUTF8: UTF-8 headers (``utf8``) or a non-ASCII envelope address."""
+    return utf8 or not (sender.isascii() and recipient.isascii())
 
 
 def check_envelope(sender: str, recipient: str) -> None:
