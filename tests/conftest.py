@@ -14,4 +14,5 @@ pytest_plugins = [
     "tests.support.redis_server",
     "tests.support.smtp",
     "tests.support.tracker",
+    "tests.support.beds",
 ]

@@ -26,9 +26,8 @@ from sqlalchemy import func, select
 from herald.config import Settings, ensure_secrets, load_settings
 from herald.outbox import Notification, NotificationState
 from herald.tracker.db import Database
-from herald.tracker.models import WorkerHeartbeat
+from herald.tracker.models import WorkerHeartbeat, utcnow
 from herald.web import create_app
-from herald.worker.outbox import aware, utcnow
 from tests.support.redis_server import RedisServer
 from tests.support.smtp import SmtpServer
 from tests.support.tracker import World, build_world, make_database
@@ -107,7 +106,7 @@ class Stack:
                     WorkerHeartbeat.kind == "worker"
                 )
             ).all()
-        return {name: pid for name, pid, expires in rows if aware(expires) > now}
+        return {name: pid for name, pid, expires in rows if expires > now}
 
     def wait_workers(self, count: int) -> dict[str, int]:
         return wait_until(

@@ -183,9 +183,10 @@ class _RecordingSMTP(SMTP):
 class _Controller(Controller):
     """Listens on port 0 and learns the real port before aiosmtpd's own start-up check connects."""
 
-    def __init__(self, recorder: _Recorder, **kwargs: Any) -> None:
-        super().__init__(recorder, hostname=HOST, port=0, **kwargs)
+    def __init__(self, recorder: _Recorder, port: int = 0, **kwargs: Any) -> None:
+        super().__init__(recorder, hostname=HOST, port=port, **kwargs)
         self.recorder = recorder
+        self.start_kwargs = kwargs
 
     def factory(self) -> SMTP:
         # Called once per accepted connection (a STARTTLS upgrade keeps its session object).
@@ -311,7 +312,20 @@ class SmtpServer:
         return ssl.create_default_context(cafile=str(self.ca_file))
 
     def stop(self) -> None:
+        if self._controller.loop.is_running():
+            self._controller.stop()
+
+    def go_down(self) -> None:
+        """An outage: stop listening (new connections are refused) and drop every open connection."""
+        self.drop_connections()
         self._controller.stop()
+
+    def come_back(self) -> None:
+        """End an outage: listen again on the same port, keeping what was received so far."""
+        old = self._controller
+        controller = _Controller(old.recorder, port=self.port, **old.start_kwargs)
+        controller.start()
+        self._controller = controller
 
 
 def smtp_settings(server: SmtpServer, **overrides: object) -> Settings:

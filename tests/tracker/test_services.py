@@ -1,4 +1,4 @@
-"""Tracker services on SQLite and PostgreSQL: every change validated, one changeset + outbox row each."""
+"""Tracker services on SQLite and PostgreSQL: every change validated, one changeset each."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import threading
 import pytest
 from sqlalchemy import func, select
 
-from herald.config import DispatchMode
-from herald.outbox import Notification, NotificationState
 from herald.tracker.artifacts import create_artifact, get_artifact, mentioned_usernames, update_artifact
 from herald.tracker.db import Database
 from herald.tracker.errors import Conflict, InvalidInput, NotFound, PermissionDenied
@@ -160,7 +158,7 @@ class TestTrackers:
 
 
 class TestArtifacts:
-    def test_creation_writes_changeset_and_outbox_row_together(self, db_world):
+    def test_creation_writes_the_changeset(self, db_world):
         db, world = db_world
         with db.session() as s:
             cs = create_artifact(
@@ -174,7 +172,6 @@ class TestArtifacts:
                     "cc": ["carol", world.users["dave"].id],
                 },
                 comment="Seen by @carol and @nobody.",
-                mode_for=lambda _pid: DispatchMode.ASYNC,
             )
             cs_id = cs.id
         with db.session() as s:
@@ -182,8 +179,6 @@ class TestArtifacts:
             assert cs.is_creation
             assert cs.mentioned_user_ids == [world.users["carol"].id]
             assert {c.new_value for c in cs.changes if isinstance(c.new_value, str)} >= {"Crash", "Open"}
-            note = s.get(Notification, cs_id)
-            assert note.mode is DispatchMode.ASYNC and note.state is NotificationState.PENDING
             art = s.get(Artifact, cs.artifact_id)
             cc_field = world.bugs.field_by_name("cc")
             assert art.value_of(cc_field.id) == sorted([world.users["carol"].id, world.users["dave"].id])

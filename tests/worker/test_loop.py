@@ -23,7 +23,7 @@ from herald.worker.heartbeat import alive
 from herald.worker.loop import Worker
 from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_until as _wait_until
-from tests.worker.conftest import Bed, message_ids, notification
+from tests.support.beds import Bed, message_ids, notification
 
 WAIT = 10.0
 wait_until = functools.partial(_wait_until, timeout=WAIT)

@@ -16,7 +16,7 @@ from herald.worker import outbox
 from herald.worker.dispatch import build_dispatcher
 from herald.worker.relay import Relay, requeue_after
 from tests.support.redis_server import RedisServer
-from tests.worker.conftest import Bed, notification
+from tests.support.beds import Bed, notification
 
 
 def _settings(request: pytest.FixtureRequest, bed: Bed, backend: str) -> Settings:

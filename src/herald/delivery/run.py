@@ -268,6 +268,20 @@ class _Run:
         self.last_error: str | None = None
 
     def run(self) -> DeliveryOutcome:
+        try:
+            return self._run()
+        except _Fenced:
+            log.warning(
+                "Notification: lock on changeset_id=%d taken over by another process (fence %d); "
+                "its late writes were refused",
+                self.cs,
+                self.lease.fence,
+            )
+            return DeliveryOutcome(
+                Verdict.LOST, self.cs, artifact_id=self.prepared.artifact_id, reason="fenced off"
+            )
+
+    def _run(self) -> DeliveryOutcome:
         prepared = self.prepared
         log.info(
             "Notification: Start notification changeset_id=%d artifact_id=%d recipients=%d mode=%s",
@@ -391,40 +405,29 @@ class _Run:
     def _settle(self, outcomes: Sequence[Outcome]) -> DeliveryOutcome:
         now = self.d.clock()
         delay = 0.0
-        try:
-            with self.d.db.engine.begin() as conn:
-                if not lock.guard(conn, self.lease, now):
-                    raise _Fenced()
-                ledger.record(conn, self.cs, outcomes, now)
-                tally = ledger.tally(conn, self.cs)
-                if tally.open == 0:
-                    lock.finish(conn, self.lease, NotificationState.DONE, now=now)
-                    verdict = Verdict.DONE
-                else:
-                    due = now if tally.unscheduled or tally.next_due is None else max(now, tally.next_due)
-                    if self.held and self.d.gate is None:  # inline, relay down: the recovery worker probes
-                        due = max(due, now + timedelta(seconds=RetryPolicy.probe_delay(2)))
-                    delay = (due - now).total_seconds()
-                    error = self.last_error or ("interrupted by shutdown" if self.interrupted else None)
-                    lock.finish(
-                        conn,
-                        self.lease,
-                        NotificationState.RETRYING,
-                        now=now,
-                        next_attempt_at=due,
-                        last_error=error,
-                    )
-                    verdict = Verdict.RETRY
-        except _Fenced:
-            log.warning(
-                "Notification: lock on changeset_id=%d taken over by another process (fence %d); "
-                "its late writes were refused",
-                self.cs,
-                self.lease.fence,
-            )
-            return DeliveryOutcome(
-                Verdict.LOST, self.cs, artifact_id=self.prepared.artifact_id, reason="fenced off"
-            )
+        with self.d.db.engine.begin() as conn:
+            if not lock.guard(conn, self.lease, now):
+                raise _Fenced()
+            ledger.record(conn, self.cs, outcomes, now)
+            tally = ledger.tally(conn, self.cs)
+            if tally.open == 0:
+                lock.finish(conn, self.lease, NotificationState.DONE, now=now)
+                verdict = Verdict.DONE
+            else:
+                due = now if tally.unscheduled or tally.next_due is None else max(now, tally.next_due)
+                if self.held and self.d.gate is None:  # inline, relay down: the recovery worker probes
+                    due = max(due, now + timedelta(seconds=RetryPolicy.probe_delay(2)))
+                delay = (due - now).total_seconds()
+                error = self.last_error or ("interrupted by shutdown" if self.interrupted else None)
+                lock.finish(
+                    conn,
+                    self.lease,
+                    NotificationState.RETRYING,
+                    now=now,
+                    next_attempt_at=due,
+                    last_error=error,
+                )
+                verdict = Verdict.RETRY
         duration_ms = (time.perf_counter() - self.started) * 1000
         outcome = DeliveryOutcome(
             verdict,

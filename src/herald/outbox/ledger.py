@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from herald.outbox.tables import Delivery, DeliveryStatus
 
-__all__ = ["FINAL", "LedgerRow", "Outcome", "Tally", "record", "sync", "tally"]
+__all__ = ["DROPPED", "FINAL", "LedgerRow", "Outcome", "Tally", "record", "sync", "tally"]
 
 T = Delivery.__table__
 C = T.c
@@ -80,9 +80,9 @@ class Tally:
 def _inserts() -> dict[str, Any]:
     values = {
         "changeset_id": bindparam("cs"),
-        "address": bindparam("address"),
-        "user_id": bindparam("user_id"),
-        "reason": bindparam("reason"),
+        "address": bindparam("b_addr"),
+        "user_id": bindparam("b_user"),
+        "reason": bindparam("b_reason"),
         "status": DeliveryStatus.PENDING,
         "attempts": 0,
         "updated_at": bindparam("now"),
@@ -95,14 +95,16 @@ def _inserts() -> dict[str, Any]:
 
 
 _INSERT = _inserts()
-_STATUSES = select(C.address, C.status, C.attempts, C.first_failed_at).where(
+# Spelt out rather than NOT IN (...): an expanding IN cannot go into an executemany.
+_OPEN = and_(C.status != DeliveryStatus.SENT, C.status != DeliveryStatus.FAILED)
+_STATUSES = select(C.address, C.status, C.attempts, C.first_failed_at, C.next_attempt_at).where(
     C.changeset_id == bindparam("cs")
 )
 _RECORD = (
     update(T)
-    .where(C.changeset_id == bindparam("cs"), C.address == bindparam("addr"), C.status.not_in(list(FINAL)))
+    .where(C.changeset_id == bindparam("cs"), C.address == bindparam("addr"), _OPEN)
     .values(
-        status=bindparam("status"),
+        status=bindparam("b_status"),
         attempts=C.attempts + bindparam("inc"),
         last_reply=func.coalesce(bindparam("reply"), C.last_reply),
         message_id=func.coalesce(bindparam("mid"), C.message_id),
@@ -112,6 +114,17 @@ _RECORD = (
         updated_at=bindparam("now"),
     )
 )
+_DROP = (
+    update(T)
+    .where(C.changeset_id == bindparam("cs"), C.address == bindparam("addr"), _OPEN)
+    .values(
+        status=DeliveryStatus.FAILED,
+        last_reply=bindparam("reply"),
+        next_attempt_at=None,
+        updated_at=bindparam("now"),
+    )
+)
+DROPPED = "dropped: no longer a recipient of this change (subscription or permissions changed)"
 _TALLY = (
     select(C.status, func.count(), func.count(C.next_attempt_at), func.min(C.next_attempt_at))
     .where(C.changeset_id == bindparam("cs"))
@@ -133,14 +146,21 @@ def sync(
     """Make sure every planned ``(address, user_id, reason)`` has a row; return each address's row.
 
     Runs in the transaction that took the lock. Rows of earlier runs keep their status: a recipient already
-    sent is never sent again, whatever the plan says now.
+    sent is never sent again, whatever the plan says now. An open row whose address is no longer planned
+    (the person unsubscribed or lost access between two runs) is closed as failed, with why.
     """
     existing = {
         row.address: LedgerRow(row.status, row.attempts, row.first_failed_at, row.next_attempt_at)
         for row in conn.execute(_STATUSES, {"cs": changeset_id})
     }
+    planned = {address for address, _, _ in recipients}
+    dropped = [a for a, row in existing.items() if a not in planned and row.status not in FINAL]
+    if dropped:
+        conn.execute(_DROP, [{"cs": changeset_id, "addr": a, "reply": DROPPED, "now": now} for a in dropped])
+        for a in dropped:
+            existing[a] = LedgerRow(DeliveryStatus.FAILED, existing[a].attempts, existing[a].first_failed_at)
     missing = [
-        {"cs": changeset_id, "address": a, "user_id": u, "reason": str(r)[:32], "now": now}
+        {"cs": changeset_id, "b_addr": a, "b_user": u, "b_reason": str(r)[:32], "now": now}
         for a, u, r in recipients
         if a not in existing
     ]
@@ -148,7 +168,7 @@ def sync(
     for chunk in _chunks(missing):
         conn.execute(stmt, list(chunk))
     for row in missing:
-        existing[row["address"]] = LedgerRow(DeliveryStatus.PENDING, 0, None)
+        existing[row["b_addr"]] = LedgerRow(DeliveryStatus.PENDING, 0, None)
     return existing
 
 
@@ -159,7 +179,7 @@ def record(conn: Connection, changeset_id: int, outcomes: Sequence[Outcome], now
         {
             "cs": changeset_id,
             "addr": o.address,
-            "status": o.status,
+            "b_status": o.status,
             "inc": 1 if o.attempted else 0,
             "reply": None if o.reply is None else o.reply[:_REPLY_MAX],
             "mid": o.message_id,

@@ -91,15 +91,15 @@ _ACQUIRE = (
         attempts=C.attempts + 1,
         fence=C.fence + 1,
         next_attempt_at=None,
-        job_id=func.coalesce(bindparam("job_id"), C.job_id),
-        queued_at=func.coalesce(C.queued_at, bindparam("queued_at")),
+        job_id=func.coalesce(bindparam("b_job"), C.job_id),
+        queued_at=func.coalesce(C.queued_at, bindparam("b_queued")),
     )
     .returning(C.fence, C.created_at, C.attempts)
 )
 
 
 def _held() -> Any:
-    return and_(C.changeset_id == bindparam("cs"), C.fence == bindparam("fence"), C.state == S.RUNNING)
+    return and_(C.changeset_id == bindparam("cs"), C.fence == bindparam("b_fence"), C.state == S.RUNNING)
 
 
 _GUARD = update(T).where(_held()).values(lease_until=bindparam("until")).returning(literal(1))
@@ -108,7 +108,7 @@ _FINISH = (
     update(T)
     .where(_held())
     .values(
-        state=bindparam("state"),
+        state=bindparam("b_state"),
         worker=None,
         lease_until=None,
         next_attempt_at=bindparam("next_at"),
@@ -163,8 +163,8 @@ def acquire(
         "holder": holder[:200],
         "until": now + timedelta(seconds=seconds),
         "now": now,
-        "job_id": job_id,
-        "queued_at": queued_at,
+        "b_job": job_id,
+        "b_queued": queued_at,
     }
     row = conn.execute(_ACQUIRE, params).first()
     if row is not None:
@@ -178,7 +178,7 @@ def guard(conn: Connection, lease: Lease, now: datetime) -> bool:
 
     False if another holder took the lock: the caller must then write nothing (roll back).
     """
-    params = {"cs": lease.changeset_id, "fence": lease.fence, "until": lease.until(now)}
+    params = {"cs": lease.changeset_id, "b_fence": lease.fence, "until": lease.until(now)}
     return conn.execute(_GUARD, params).first() is not None
 
 
@@ -187,7 +187,10 @@ def renew_all(conn: Connection, leases: Sequence[Lease], now: datetime) -> None:
     if leases:
         conn.execute(
             _RENEW,
-            [{"cs": lease.changeset_id, "fence": lease.fence, "until": lease.until(now)} for lease in leases],
+            [
+                {"cs": lease.changeset_id, "b_fence": lease.fence, "until": lease.until(now)}
+                for lease in leases
+            ],
         )
 
 
@@ -206,8 +209,8 @@ def finish(
     """
     params = {
         "cs": lease.changeset_id,
-        "fence": lease.fence,
-        "state": state,
+        "b_fence": lease.fence,
+        "b_state": state,
         "next_at": next_attempt_at,
         "error": None if last_error is None else last_error[:2000],
         "finished_at": now if state in (S.DONE, S.DEAD) else None,

@@ -1,4 +1,5 @@
-"""Delivery against a real SMTP server (aiosmtpd) and a real database (SQLite file, or PostgreSQL)."""
+"""Delivery beds: a world in a real database (SQLite file, or PostgreSQL), a real SMTP server (aiosmtpd) and
+settings pointing at them; shared by the delivery, worker and web dispatcher tests."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 from herald.config import DispatchMode, Settings, ensure_secrets
-from herald.outbox import Delivery, Notification
+from herald.outbox import Delivery, Notification, records
 from herald.tracker.artifacts import create_artifact, update_artifact
 from herald.tracker.db import Database
 from tests.support.redis_server import RedisServer
@@ -45,17 +46,16 @@ def new_changeset(db: Database, world: World, mode: DispatchMode = DispatchMode.
             tracker_id=world.bugs.id,
             author=author,
             values={"title": "Crash on save", "assigned_to": "bob", "cc": ["carol", "dave"], **values},
-            mode_for=lambda _p: mode,
         )
+        records.record(s, cs.id, mode, cs.created_at)
         return cs.id
 
 
 def update_changeset(db: Database, world: World, artifact_id: int, mode: DispatchMode, **values: Any) -> int:
     with db.session() as s:
         author = s.merge(world.users["alice"], load=False)
-        cs = update_artifact(
-            s, artifact_id=artifact_id, author=author, values=values, mode_for=lambda _p: mode
-        )
+        cs = update_artifact(s, artifact_id=artifact_id, author=author, values=values)
+        records.record(s, cs.id, mode, cs.created_at)
         return cs.id
 
 

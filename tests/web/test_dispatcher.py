@@ -15,7 +15,7 @@ from herald.queue.errors import QueueUnavailable
 from herald.worker.dispatch import CircuitBreaker, FrontEndDispatcher, build_dispatcher
 from tests.support.redis_server import RedisServer
 from tests.support.services import free_port
-from tests.worker.conftest import Bed, deliveries, notification
+from tests.support.beds import Bed, deliveries, notification
 
 
 def test_inline_delivers_in_the_request_and_logs_start_and_end(bed: Bed, capture_log):
