@@ -240,7 +240,7 @@ class SqlQueue(Queue):
                 .limit(max_jobs)
                 .with_for_update(skip_locked=True)
             ).all()
-            if sweep:
+            if sweep and len(rows) < max_jobs:  # a full batch may have left garbage behind: sweep again
                 self._next_sweep = now + _SWEEP_SECONDS
             if not rows:
                 return self._next_due(conn, now)
