@@ -8,10 +8,11 @@ Where each job lives (keys in :mod:`herald.queue.keys`)::
                         │                       │  └──dead──> dead letters
                      promote <── delayed <──retry
 
-A lease is the idle time of the pending entry: ``extend`` resets it, and an entry idle longer than
-``lease_seconds`` is re-added to the stream (which voids the old owner's receipt). Claim counts live in a
-hash rather than in XPENDING's delivery count, because retries and reclaims re-add the entry and restart
-that count.
+A lease is the idle time of the pending entry: ``extend``/``extend_batch`` reset it, and an entry idle
+longer than ``lease_seconds`` is re-added to the stream (which voids the old owner's receipt). ``release``
+does the same at once for every entry one consumer holds, then deletes that consumer. Claim counts live in
+a hash rather than in XPENDING's delivery count, because reclaims and releases re-add the entry and restart
+that count; a retry clears the job's count (it was settled).
 
 Redis may lose everything (a restart without persistence): the consumer group is then recreated on the
 spot, from the start of the stream, and the tracker's outbox re-pushes what was queued.
