@@ -99,7 +99,7 @@ def test_retry_is_invisible_until_its_delay_has_passed(backend: Backend) -> None
     again = queue.claim("w", timeout=5)
     waited = time.monotonic() - retried
     assert again is not None and again.id == first.id
-    assert again.attempts == 2
+    assert again.attempts == 1  # the retry settled the job: its claim count started again
     assert 0.9 <= waited < 2.5
 
 
@@ -110,7 +110,7 @@ def test_retry_without_delay_is_ready_at_once(backend: Backend) -> None:
     assert first is not None
     queue.retry(first, delay=0, reason="transient")
     again = queue.claim("w", timeout=0)
-    assert again is not None and again.id == first.id and again.attempts == 2
+    assert again is not None and again.id == first.id and again.attempts == 1
 
 
 def test_expired_lease_passes_the_job_to_another_worker(backend: Backend) -> None:
@@ -166,21 +166,37 @@ def test_reclaim_stale_puts_expired_leases_back_in_line(backend: Backend) -> Non
     assert again is not None and again.id == job.id and again.attempts == 2
 
 
-def test_attempts_count_across_retries_and_the_job_dies_past_the_limit(backend: Backend) -> None:
+def test_retries_reset_the_attempt_count_so_a_long_outage_never_kills_a_job(backend: Backend) -> None:
     queue = backend.make(job_max_attempts=3)
     job = Job.new(5)
     queue.enqueue(job)
-    for attempt in (1, 2, 3):
+    for failure in range(10):  # far past the limit: each claim was settled by a retry
         claimed = queue.claim("w", timeout=1)
+        assert claimed is not None and claimed.id == job.id and claimed.attempts == 1
+        queue.retry(claimed, 0, f"SMTP 421 failure {failure}")
+    assert counts(queue.stats()) == (1, 0, 0, 0)
+
+
+def test_unsettled_claims_count_and_the_job_dies_past_the_limit_quoting_the_last_retry(
+    backend: Backend,
+) -> None:
+    queue = backend.make(job_max_attempts=2)
+    job = Job.new(5)
+    queue.enqueue(job)
+    first = queue.claim("w", timeout=1)
+    assert first is not None and first.attempts == 1
+    queue.retry(first, 0, "SMTP 451 greylisted")
+    for attempt in (1, 2):  # the worker that takes it dies each time: released, never settled
+        claimed = queue.claim(f"doomed-{attempt}", timeout=1)
         assert claimed is not None and claimed.attempts == attempt
-        queue.retry(claimed, 0, f"failure {attempt}")
+        assert queue.release(f"doomed-{attempt}") == 1
 
     assert queue.claim("w", timeout=0) is None
     assert counts(queue.stats()) == (0, 0, 0, 1)
     [letter] = queue.dead_letters()
-    assert (letter.job_id, letter.changeset_id, letter.attempts) == (job.id, 5, 3)
+    assert (letter.job_id, letter.changeset_id, letter.attempts) == (job.id, 5, 2)
     assert "too many attempts" in letter.reason
-    assert "failure 3" in letter.reason
+    assert "SMTP 451 greylisted" in letter.reason
     assert decode_job(letter.raw).id == job.id
 
 
@@ -379,3 +395,146 @@ def test_close_releases_a_claim_blocked_in_another_thread(backend: Backend) -> N
 def test_ping_and_context_manager(backend: Backend) -> None:
     with backend.make() as queue:
         queue.ping()
+
+
+# --- release: a dead worker's jobs go back at once ---------------------------------------------------
+
+
+def test_release_hands_a_dead_workers_jobs_to_the_next_claim_at_once(backend: Backend) -> None:
+    dead_worker, supervisor, healthy = backend.make(), backend.make(), backend.make()
+    jobs = [Job.new(n) for n in (1, 2, 3)]
+    for job in jobs:
+        dead_worker.enqueue(job)
+    held = dead_worker.claim_batch("w1", 2, timeout=1)
+    other = healthy.claim("w2", timeout=1)
+    assert len(held) == 2 and other is not None
+    assert supervisor.release("w1") == 2  # the lease (30 s by default) has not run out
+    assert supervisor.release("w1") == 0
+    assert supervisor.release("nobody") == 0
+
+    again = healthy.claim_batch("w2", 10, timeout=0)
+    assert sorted(j.id for j in again) == sorted(j.id for j in held)
+    assert all(j.attempts == 2 for j in again)  # release does not settle: the claim still counts
+
+    # The released worker's late verdicts change nothing; the new holder's count.
+    for job in held:
+        dead_worker.ack(job)
+        dead_worker.retry(job, 0, "late")
+        dead_worker.dead(job, "late")
+    assert dead_worker.extend_batch(held) == held
+    assert counts(healthy.stats()) == (0, 3, 0, 0)
+    for job in [*again, other]:
+        healthy.ack(job)
+    assert counts(healthy.stats()) == (0, 0, 0, 0)
+
+
+def test_release_wakes_a_claimer_that_is_already_waiting(backend: Backend) -> None:
+    owner, waiter = backend.make(), backend.make()
+    owner.enqueue(Job.new(4))
+    held = owner.claim("w1", timeout=1)
+    assert held is not None
+    thread, got = _claim_blocked_in_a_thread(backend, waiter)
+    released = time.monotonic()
+    assert owner.release("w1") == 1
+    thread.join(timeout=10)
+    assert isinstance(got["job"], Job) and got["job"].id == held.id
+    assert got["at"] - released < 1.5  # type: ignore[operator]
+
+
+def test_release_leaves_other_consumers_jobs_alone(backend: Backend) -> None:
+    queue = backend.make()
+    queue.enqueue(Job.new(1))
+    mine = queue.claim("w1", timeout=1)
+    assert mine is not None
+    assert queue.release("w2") == 0
+    assert queue.extend_batch([mine]) == []
+    queue.ack(mine)
+    assert counts(queue.stats()) == (0, 0, 0, 0)
+
+
+# --- batches ------------------------------------------------------------------------------------------
+
+
+def test_claim_batch_takes_up_to_max_jobs_in_order(backend: Backend) -> None:
+    queue = backend.make()
+    jobs = [Job.new(n) for n in range(1, 8)]
+    for job in jobs:
+        queue.enqueue(job)
+    first = queue.claim_batch("w", 5, timeout=1)
+    assert [j.id for j in first] == [j.id for j in jobs[:5]]
+    assert all(j.attempts == 1 and j.receipt for j in first)
+    assert len({j.receipt for j in first}) == 5
+    rest = queue.claim_batch("w", 5, timeout=1)
+    assert [j.id for j in rest] == [j.id for j in jobs[5:]]
+    assert queue.claim_batch("w", 5, timeout=0) == []
+    assert counts(queue.stats()) == (0, 7, 0, 0)
+    for job in [*first, *rest]:
+        queue.ack(job)
+    assert counts(queue.stats()) == (0, 0, 0, 0)
+
+
+def test_claim_batch_returns_as_soon_as_one_job_is_there(backend: Backend) -> None:
+    consumer, producer = backend.make(), backend.make()
+    blocked = backend.watch_blocked(consumer)
+    got: dict[str, object] = {}
+
+    def claim() -> None:
+        got["jobs"] = consumer.claim_batch("w", 32, timeout=20)
+        got["at"] = time.monotonic()
+
+    thread = threading.Thread(target=claim)
+    thread.start()
+    wait_until(blocked, what="the claimer to block")
+    job = Job.new(3)
+    pushed = time.monotonic()
+    producer.enqueue(job)
+    thread.join(timeout=10)
+    assert [j.id for j in got["jobs"]] == [job.id]  # type: ignore[attr-defined]
+    assert got["at"] - pushed < 0.5  # type: ignore[operator]
+
+
+def test_claim_batch_takes_due_retries_and_expired_leases(backend: Backend) -> None:
+    queue = backend.make(lease_seconds=LEASE)
+    for n in (1, 2, 3):
+        queue.enqueue(Job.new(n))
+    to_retry, abandoned, _ = queue.claim_batch("a", 3, timeout=1)
+    queue.retry(to_retry, 0.2, "later")
+    queue.ack(_)
+    got: list[Job] = []
+    wait_until(lambda: got.extend(queue.claim_batch("b", 10, timeout=0.2)) or len(got) >= 2)
+    assert sorted(j.id for j in got) == sorted([to_retry.id, abandoned.id])
+    assert {j.id: j.attempts for j in got} == {to_retry.id: 1, abandoned.id: 2}
+
+
+def test_claim_batch_refuses_a_batch_size_that_is_not_one(backend: Backend) -> None:
+    queue = backend.make()
+    for bad in (0, -1, 10_000, 2.5, True):
+        with pytest.raises(ValueError, match="max_jobs"):
+            queue.claim_batch("w", bad, timeout=0)  # type: ignore[arg-type]
+
+
+def test_extend_batch_renews_leases_and_names_the_lost_ones(backend: Backend) -> None:
+    keeper, other = backend.make(lease_seconds=LEASE), backend.make(lease_seconds=LEASE)
+    for n in (1, 2, 3):
+        keeper.enqueue(Job.new(n))
+    kept, settled, lost = keeper.claim_batch("keeper", 3, timeout=1)
+    keeper.ack(settled)
+    assert keeper.extend_batch([]) == []
+
+    # Keep two leases alive past several lease lengths, one round trip each time; let the third expire.
+    taken: list[Job] = []
+    beat = threading.Event()
+    deadline = time.monotonic() + 3 * LEASE
+    while time.monotonic() < deadline:
+        assert keeper.extend_batch([kept]) == []
+        for job in other.claim_batch("other", 10, timeout=0):
+            other.ack(job)
+            taken.append(job)
+        beat.wait(LEASE / 4)
+    assert [j.id for j in taken] == [lost.id]
+    assert keeper.extend_batch([kept, lost, settled]) == [lost, settled]
+    with pytest.raises(LeaseLost):
+        keeper.extend(lost)
+    keeper.extend(kept)
+    keeper.ack(kept)
+    assert counts(keeper.stats()) == (0, 0, 0, 0)

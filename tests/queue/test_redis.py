@@ -198,3 +198,29 @@ def test_every_script_declares_the_keys_it_uses_in_its_header(name: str) -> None
     assert used == declared == set(range(1, len(declared) + 1))
     # Key names are never built inside a script (that would break Redis Cluster routing).
     assert not re.search(r"KEYS\[\d+\]\s*\.\.", source)
+
+
+def test_release_hands_back_more_than_one_batch_and_deletes_the_consumer(
+    queue: RedisQueue, client: redis.Redis
+) -> None:
+    jobs = [Job.new(n) for n in range(1, 151)]
+    for job in jobs:
+        queue.enqueue(job)
+    held = queue.claim_batch("dying", 150, timeout=1)
+    assert len(held) == 150
+    assert [c["name"] for c in client.xinfo_consumers(queue.keys.stream, "herald-workers")] == [b"dying"]
+
+    assert queue.release("dying") == 150
+    assert client.xinfo_consumers(queue.keys.stream, "herald-workers") == []
+    again = queue.claim_batch("next", 200, timeout=0)
+    assert sorted(j.id for j in again) == sorted(j.id for j in jobs)
+    assert {j.attempts for j in again} == {2}
+
+
+def test_a_consumer_that_acked_before_its_release_has_nothing_handed_back(queue: RedisQueue) -> None:
+    queue.enqueue(Job.new(1))
+    job = queue.claim("w", timeout=1)
+    assert job is not None
+    queue.ack(job)
+    assert queue.release("w") == 0
+    assert counts(queue) == (0, 0, 0, 0)

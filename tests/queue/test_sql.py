@@ -158,3 +158,36 @@ def test_the_listener_reconnects_after_losing_its_connection(pg_url: str) -> Non
         consumer.close()
         producer.close()
         admin.dispose()
+
+
+@pytest.mark.parametrize("db", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_a_table_from_herald_0_1_gets_its_fence_column_and_keeps_its_jobs(
+    db: str, request: pytest.FixtureRequest, sqlite_url: str
+) -> None:
+    url = sqlite_url if db == "sqlite" else request.getfixturevalue("pg_url")
+    job = Job.new(8)
+    engine = make_engine(url)
+    try:
+        metadata.create_all(engine)
+        with engine.begin() as conn:  # what herald 0.1 created
+            conn.execute(text("ALTER TABLE herald_queue DROP COLUMN fence"))
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO herald_queue (job_id, changeset_id, payload, state, available_at, attempts,"
+                    " enqueued_at) VALUES (:id, 8, :payload, 'ready', :now, 0, :now)"
+                ),
+                {"id": job.id, "payload": job.to_json(), "now": time.time()},
+            )
+    finally:
+        engine.dispose()
+    with sql_queue(url) as queue, sql_queue(url) as other:
+        claimed = queue.claim("w", timeout=0)  # the first use adds the column
+        assert claimed is not None and claimed.id == job.id and claimed.receipt.endswith(":1")
+        queue.retry(claimed, 0, "451")
+        again = other.claim("w", timeout=0)
+        assert again is not None and again.attempts == 1 and again.receipt.endswith(":2")
+        queue.ack(claimed)  # the first claim's receipt no longer holds, though attempts is 1 again
+        assert queue.stats().in_flight == 1
+        other.ack(again)
+        assert queue.stats().in_flight == 0

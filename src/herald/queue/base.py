@@ -12,20 +12,43 @@ from __future__ import annotations
 
 import abc
 import json
-import math
 import re
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from herald.queue.errors import MalformedJob
+from herald.queue.errors import LeaseLost, MalformedJob
 
-__all__ = ["MAX_PAYLOAD_BYTES", "SCHEMA_VERSION", "DeadLetter", "Job", "Queue", "QueueStats", "decode_job"]
+__all__ = [
+    "MAX_BATCH",
+    "MAX_PAYLOAD_BYTES",
+    "SCHEMA_VERSION",
+    "DeadLetter",
+    "Job",
+    "Queue",
+    "QueueStats",
+    "decode_job",
+]
 
 SCHEMA_VERSION = 1
 MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_ID = 2**63 - 1  # ids live in BIGINT columns
+#: The latest time a job may carry (the year 3000): every datetime conversion downstream can handle it,
+#: where a finite but absurd ``enqueued_at = 1e300`` raised OverflowError in the worker.
+LATEST_TIME = 32_503_680_000.0
+#: Times before 2000 cannot come from herald's clock; ``stats`` ignores them rather than report a job
+#: 57 years old because something wrote a 0 into the queue's storage.
+EARLIEST_PLAUSIBLE_TIME = 946_684_800.0
+#: How far ahead of this host's clock another host's may plausibly run.
+CLOCK_SKEW_SECONDS = 86_400.0
+#: The longest retry delay the queue keeps; longer ones are cut to this (a year: no retry policy waits more).
+MAX_DELAY_SECONDS = 366 * 86_400.0
+#: The most jobs one ``claim_batch`` may ask for.
+MAX_BATCH = 1000
+#: Attempt counters above this are not counters but garbage (a real poison job dies at job_max_attempts).
+MAX_STORED_ATTEMPTS = 1_000_000
 _FIELDS = frozenset({"v", "id", "changeset_id", "enqueued_at"})
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -35,8 +58,10 @@ class Job:
     """One unit of work: notify everyone concerned by changeset ``changeset_id``.
 
     ``attempts`` and ``receipt`` are not part of the payload: the queue sets them when a worker claims the
-    job (``attempts`` counts every claim so far, this one included; ``receipt`` names this delivery in the
-    backend, a stream entry id or a row id, and is what ``ack``/``retry``/``dead``/``extend`` act on).
+    job. ``attempts`` counts the claims since the job was last settled (``retry``), this one included: 1 for
+    a job that never crashed anyone, more only when earlier claims ended with no verdict (the worker died,
+    hung past its lease, or was released). ``receipt`` names this one claim in the backend (a stream entry
+    id, or a row id with its fence) and is what ``ack``/``retry``/``dead``/``extend`` act on.
     """
 
     id: str
@@ -81,8 +106,8 @@ def _field_problem(job_id: object, changeset_id: object, enqueued_at: object) ->
     # bool is an int in Python but never a valid id or time: reject True/False explicitly.
     if type(changeset_id) is not int or not 1 <= changeset_id <= MAX_ID:
         return f"changeset_id must be a whole number from 1 to {MAX_ID}, not {_short(changeset_id)}"
-    if type(enqueued_at) not in (int, float) or not math.isfinite(enqueued_at) or enqueued_at < 0:  # type: ignore[arg-type]
-        return f"enqueued_at must be a finite unix time >= 0, not {_short(enqueued_at)}"
+    if type(enqueued_at) not in (int, float) or not 0 <= enqueued_at <= LATEST_TIME:  # type: ignore[operator]
+        return f"enqueued_at must be a unix time from 0 to {LATEST_TIME:.0f}, not {_short(enqueued_at)}"
     return None
 
 
@@ -180,13 +205,26 @@ class Queue(abc.ABC):
     """The persistent job queue. Both backends keep these promises and pass one contract test suite.
 
     - A claimed job carries a lease of ``settings.lease_seconds``; a worker that dies loses its jobs to
-      another worker once the lease runs out. ``extend`` renews it while a long job runs.
-    - Every claim counts an attempt; a claim that would exceed ``settings.job_max_attempts`` dead-letters
-      the job ("too many attempts") instead of returning it, so a poison job cannot loop.
-    - A malformed payload met while claiming is dead-lettered with its reason and the claim goes on.
-    - ``ack``, ``retry`` and ``dead`` on a job whose lease was lost to another worker change nothing.
+      another worker once the lease runs out. ``extend``/``extend_batch`` renew it while a long job runs,
+      and ``release`` hands a dead worker's jobs back at once (the supervisor calls it when it sees one of
+      its processes die; the lease is the fallback for a host that vanished).
+    - ``attempts`` counts the claims since the job was last settled. ``retry`` settles it (the worker
+      finished and gave a verdict), so it resets the count: a job retried for days during an SMTP outage
+      is never dead-lettered by this counter. Claims that end in no verdict (lease expired, ``release``)
+      keep counting, and a claim that would exceed ``settings.job_max_attempts`` dead-letters the job
+      ("too many attempts") instead of returning it, so a poison job that crashes or hangs its worker
+      cannot loop.
+    - Whatever is in the queue's storage, a claim never fails on it and never loops on it: an entry that
+      is not a job (malformed payload, corrupt counters or times) is dead-lettered with its reason and the
+      claim goes on with the others. ``stats`` ignores times that cannot be real.
+    - ``ack``, ``retry`` and ``dead`` on a job whose lease was lost to another worker (expired, or
+      released) change nothing; ``extend`` raises LeaseLost and ``extend_batch`` reports it.
     - Enqueueing a job whose id the queue already holds (in any state, dead included) changes nothing.
-    - Failures to reach the server raise :class:`~herald.queue.errors.QueueUnavailable`.
+    - Failures to reach the server raise :class:`~herald.queue.errors.QueueUnavailable`; nothing else
+      does.
+
+    For a concurrent worker: one claimer thread calls ``claim_batch`` to fill free slots, one lease keeper
+    per process calls ``extend_batch`` for every job in flight, each one round trip.
 
     An instance is safe to share between threads.
     """
@@ -195,12 +233,37 @@ class Queue(abc.ABC):
     def enqueue(self, job: Job) -> None:
         """Add ``job``; it is ready at once."""
 
-    @abc.abstractmethod
     def claim(self, worker: str, timeout: float) -> Job | None:
         """Take the next ready job for ``worker``, waiting up to ``timeout`` seconds for one.
 
         Returns as soon as a job is pushed (no polling interval, except SQLite: see the SQL backend).
         ``timeout=0`` does not wait. Returns None when nothing came in time.
+        """
+        jobs = self.claim_batch(worker, 1, timeout)
+        return jobs[0] if jobs else None
+
+    @abc.abstractmethod
+    def claim_batch(self, consumer: str, max_jobs: int, timeout: float) -> list[Job]:
+        """Take up to ``max_jobs`` ready jobs for ``consumer`` in one round trip (about), oldest first.
+
+        Waits up to ``timeout`` seconds for at least one, and returns as soon as there is one: it does not
+        wait to fill the batch. Returns an empty list when nothing came in time. Due retries and expired
+        leases are taken as by ``claim``. ``max_jobs`` is 1 to :data:`MAX_BATCH`.
+        """
+
+    @abc.abstractmethod
+    def extend_batch(self, jobs: Sequence[Job]) -> list[Job]:
+        """Renew the leases of all ``jobs`` (claimed ones) in one round trip; return those whose lease was
+        lost (expired and taken back, released, or settled), which their worker should stop working on."""
+
+    @abc.abstractmethod
+    def release(self, consumer: str) -> int:
+        """Hand back at once every job ``consumer`` holds (claimed, not settled); return how many.
+
+        The next claim by anyone gets them, without waiting for their leases to run out. Their attempt
+        counts are kept (a job that kills every worker that takes it still dies as poison), and the
+        released consumer's late ``ack``/``retry``/``dead`` change nothing. Releasing a consumer that holds
+        nothing returns 0.
         """
 
     @abc.abstractmethod
@@ -209,15 +272,20 @@ class Queue(abc.ABC):
 
     @abc.abstractmethod
     def retry(self, job: Job, delay: float, reason: str) -> None:
-        """Give the job back, to be delivered again after ``delay`` seconds; no worker waits for it."""
+        """Give the job back, to be delivered again after ``delay`` seconds; no worker waits for it.
+
+        The job was settled, so its attempt count starts again from 0. ``reason`` is kept and quoted if the
+        job later dies. Delays are cut to :data:`MAX_DELAY_SECONDS`.
+        """
 
     @abc.abstractmethod
     def dead(self, job: Job, reason: str) -> None:
         """Give up on the job: move it to the dead letters with ``reason``."""
 
-    @abc.abstractmethod
     def extend(self, job: Job) -> None:
         """Renew the job's lease for another ``lease_seconds``; raise LeaseLost if it is already gone."""
+        if self.extend_batch([job]):
+            raise LeaseLost(f"job {job.id} is no longer leased to this worker")
 
     @abc.abstractmethod
     def reclaim_stale(self) -> int:
@@ -267,6 +335,34 @@ def check_claimed(job: Job) -> str:
     if job.receipt is None:
         raise ValueError(f"job {job.id} was not claimed from a queue (it has no receipt)")
     return job.receipt
+
+
+def check_batch(max_jobs: int) -> None:
+    """A batch size is a whole number from 1 to MAX_BATCH."""
+    if type(max_jobs) is not int or not 1 <= max_jobs <= MAX_BATCH:
+        raise ValueError(f"max_jobs must be a whole number from 1 to {MAX_BATCH}, not {max_jobs!r}")
+
+
+def retry_delay(delay: float) -> float:
+    """A retry delay as stored: not negative, not NaN, at most MAX_DELAY_SECONDS."""
+    if not isinstance(delay, int | float) or not delay > 0:  # NaN is not > 0
+        return 0.0
+    return min(float(delay), MAX_DELAY_SECONDS)
+
+
+def plausible_time(value: object, now: float) -> float | None:
+    """``value`` as a unix time if it can be one this herald wrote (2000 to now + clock skew), else None."""
+    if type(value) not in (int, float):
+        return None
+    if not EARLIEST_PLAUSIBLE_TIME <= value <= now + CLOCK_SKEW_SECONDS:  # type: ignore[operator]
+        return None
+    return float(value)  # type: ignore[arg-type]
+
+
+def oldest_age(oldest: object, now: float) -> float:
+    """The age reported by ``stats`` for the oldest enqueue time found: 0.0 unless it is plausible."""
+    when = plausible_time(oldest, now)
+    return 0.0 if when is None else max(0.0, now - when)
 
 
 def check_worker(worker: str) -> None:

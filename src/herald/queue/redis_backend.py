@@ -8,10 +8,11 @@ Where each job lives (keys in :mod:`herald.queue.keys`)::
                         │                       │  └──dead──> dead letters
                      promote <── delayed <──retry
 
-A lease is the idle time of the pending entry: ``extend`` resets it, and an entry idle longer than
-``lease_seconds`` is re-added to the stream (which voids the old owner's receipt). Claim counts live in a
-hash rather than in XPENDING's delivery count, because retries and reclaims re-add the entry and restart
-that count.
+A lease is the idle time of the pending entry: ``extend``/``extend_batch`` reset it, and an entry idle
+longer than ``lease_seconds`` is re-added to the stream (which voids the old owner's receipt). ``release``
+does the same at once for every entry one consumer holds, then deletes that consumer. Claim counts live in
+a hash rather than in XPENDING's delivery count, because reclaims and releases re-add the entry and restart
+that count; a retry clears the job's count (it was settled).
 
 Redis may lose everything (a restart without persistence): the consumer group is then recreated on the
 spot, from the start of the stream, and the tracker's outbox re-pushes what was queued.
@@ -21,25 +22,31 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import redis
 
 from herald.config import Settings
 from herald.queue.base import (
+    CLOCK_SKEW_SECONDS,
+    EARLIEST_PLAUSIBLE_TIME,
+    MAX_DELAY_SECONDS,
+    MAX_STORED_ATTEMPTS,
     DeadLetter,
     Job,
     Queue,
     QueueStats,
+    check_batch,
     check_claimed,
     check_worker,
     decode_job,
+    oldest_age,
     raw_text,
+    retry_delay,
 )
-from herald.queue.errors import LeaseLost, MalformedJob, QueueUnavailable
+from herald.queue.errors import MalformedJob, QueueUnavailable
 from herald.queue.keys import GROUP, JOB_FIELD, RECLAIMER, RedisKeys
 from herald.queue.redis_client import connect, translate_errors
 from herald.queue.redis_scripts import Scripts
@@ -55,6 +62,7 @@ MAX_BLOCK_SECONDS = 1.0
 #: Entries moved per script call, so one call never holds the server for long.
 BATCH = 100
 _REASON_MAX = 2000
+_MAX_DELAY_MS = int(MAX_DELAY_SECONDS * 1000)
 
 
 class RedisQueue(Queue):
@@ -116,8 +124,9 @@ class RedisQueue(Queue):
 
     # --- claiming ------------------------------------------------------------------------------------
 
-    def claim(self, worker: str, timeout: float) -> Job | None:
-        check_worker(worker)
+    def claim_batch(self, consumer: str, max_jobs: int, timeout: float) -> list[Job]:
+        check_worker(consumer)
+        check_batch(max_jobs)
         deadline = time.monotonic() + max(0.0, timeout)
         while not self._closed:
             next_due_ms = self._run(self._housekeeping)
@@ -129,25 +138,25 @@ class RedisQueue(Queue):
                     wait = min(wait, next_due_ms / 1000)
                 block_ms = max(1, int(wait * 1000))
             try:
-                entry = self._run(lambda b=block_ms: self._read(worker, b))
+                entries = self._run(lambda b=block_ms: self._read(consumer, max_jobs, b))
             except QueueUnavailable:
                 if self._closed:  # close() dropped the connection under our blocking read
-                    return None
+                    return []
                 raise
-            if entry is not None:
-                job = self._accept(*entry)
-                if job is not None:
-                    return job
-                continue  # that one was dead-lettered; look at the next at once
+            if entries:
+                jobs = self._accept(entries)
+                if jobs:
+                    return jobs
+                continue  # those were all dead-lettered; look at the next at once
             if block_ms is None:
-                return None
-        return None
+                return []
+        return []
 
     def _housekeeping(self) -> int:
         """Promote due retries and reclaim expired leases; return ms until the next retry is due, or -1."""
         k = self._keys
         pipe = self._client.pipeline(transaction=False)
-        self._scripts.promote(keys=[k.delayed, k.stream], args=[BATCH], client=pipe)
+        self._scripts.promote(keys=[k.delayed, k.stream], args=[BATCH, _MAX_DELAY_MS], client=pipe)
         self._scripts.reclaim(
             keys=[k.stream], args=[GROUP, RECLAIMER, self._lease_ms, "0-0", BATCH], client=pipe
         )
@@ -156,44 +165,52 @@ class RedisQueue(Queue):
             log.warning("reclaimed %d job(s) whose lease expired (a worker died or stalled)", reclaimed)
         return int(next_due_ms)
 
-    def _read(self, worker: str, block_ms: int | None) -> tuple[str, dict[bytes, bytes]] | None:
-        reply = self._client.xreadgroup(GROUP, worker, {self._keys.stream: ">"}, count=1, block=block_ms)
-        if not reply or not reply[0][1]:
-            return None
-        entry_id, fields = reply[0][1][0]
-        return entry_id.decode(), fields
+    def _read(self, consumer: str, count: int, block_ms: int | None) -> list[tuple[str, dict[bytes, bytes]]]:
+        stream = {self._keys.stream: ">"}
+        reply = self._client.xreadgroup(GROUP, consumer, stream, count=count, block=block_ms)
+        if not reply:
+            return []
+        return [(entry_id.decode(), fields or {}) for entry_id, fields in reply[0][1]]
 
-    def _accept(self, entry_id: str, fields: dict[bytes, bytes]) -> Job | None:
-        """Turn a delivered entry into a claimed job, or dead-letter it and return None."""
-        raw = fields.get(JOB_FIELD)
-        try:
-            if raw is None:
-                raise MalformedJob(f"stream entry has no {JOB_FIELD.decode()!r} field")
-            job = decode_job(raw)
-        except MalformedJob as exc:
-            log.error("dead-lettered malformed job in stream entry %s: %s", entry_id, exc.reason)
-            kept = raw if raw is not None else b" ".join(k + b"=" + v for k, v in fields.items())
-            self._bury(entry_id, f"entry-{entry_id}", None, f"malformed job: {exc.reason}", 0, kept)
-            return None
-
-        def count() -> tuple[int, bytes | None]:
-            pipe = self._client.pipeline(transaction=True)
-            pipe.hincrby(self._keys.attempts, job.id, 1)
-            pipe.hget(self._keys.errors, job.id)
-            attempts, last_error = pipe.execute()
-            return int(attempts), last_error
-
-        # Not atomic with the read: a worker dying right here leaves the entry pending and uncounted,
+    def _accept(self, entries: list[tuple[str, dict[bytes, bytes]]]) -> list[Job]:
+        """Turn delivered entries into claimed jobs; dead-letter the ones that are not jobs."""
+        decoded: list[tuple[str, Job, bytes]] = []
+        for entry_id, fields in entries:
+            raw = fields.get(JOB_FIELD)
+            try:
+                if raw is None:
+                    raise MalformedJob(f"stream entry has no {JOB_FIELD.decode()!r} field")
+                decoded.append((entry_id, decode_job(raw), raw))
+            except MalformedJob as exc:
+                log.error("dead-lettered malformed job in stream entry %s: %s", entry_id, exc.reason)
+                kept = raw if raw is not None else b" ".join(k + b"=" + v for k, v in fields.items())
+                self._bury(entry_id, f"entry-{entry_id}", None, f"malformed job: {exc.reason}", 0, kept)
+        if not decoded:
+            return []
+        k = self._keys
+        # Not atomic with the read: a worker dying right here leaves the entries pending and uncounted,
         # so at worst one extra attempt before the limit, never a lost job.
-        attempts, last_error = self._run(count)
-        if attempts > self._max_attempts:
-            reason = f"too many attempts: claimed {attempts - 1} times, limit {self._max_attempts}"
-            if last_error:
-                reason += f"; last error: {last_error.decode('utf-8', 'replace')}"
-            log.warning("dead-lettered job %s (changeset %d): %s", job.id, job.changeset_id, reason)
-            self._bury(entry_id, job.id, job.changeset_id, reason, attempts - 1, raw)
-            return None
-        return job.claimed(attempts, entry_id)
+        counted = self._run(
+            lambda: self._scripts.count(
+                keys=[k.attempts, k.errors], args=[MAX_STORED_ATTEMPTS, *(job.id for _, job, _ in decoded)]
+            )
+        )
+        jobs: list[Job] = []
+        for i, (entry_id, job, raw) in enumerate(decoded):
+            attempts, last_error, corrupt = int(counted[3 * i]), counted[3 * i + 1], counted[3 * i + 2]
+            if attempts < 0:
+                reason = f"corrupt attempt counter in the queue's storage: {_short_bytes(corrupt)}"
+                log.error("dead-lettered job %s (changeset %d): %s", job.id, job.changeset_id, reason)
+                self._bury(entry_id, job.id, job.changeset_id, reason, 0, raw)
+            elif attempts > self._max_attempts:
+                reason = f"too many attempts: claimed {attempts - 1} times, limit {self._max_attempts}"
+                if last_error:
+                    reason += f"; last error: {last_error.decode('utf-8', 'replace')}"
+                log.warning("dead-lettered job %s (changeset %d): %s", job.id, job.changeset_id, reason)
+                self._bury(entry_id, job.id, job.changeset_id, reason, attempts - 1, raw)
+            else:
+                jobs.append(job.claimed(attempts, entry_id))
+        return jobs
 
     def _bury(
         self,
@@ -239,11 +256,11 @@ class RedisQueue(Queue):
 
     def retry(self, job: Job, delay: float, reason: str) -> None:
         receipt = check_claimed(job)
-        delay_ms = int(delay * 1000) if math.isfinite(delay) and delay > 0 else 0
+        delay_ms = int(retry_delay(delay) * 1000)
         k = self._keys
         done = self._run(
             lambda: self._scripts.retry(
-                keys=[k.stream, k.delayed, k.errors],
+                keys=[k.stream, k.delayed, k.errors, k.attempts],
                 args=[GROUP, receipt, job.id, job.to_json(), delay_ms, reason[:_REASON_MAX]],
             )
         )
@@ -255,10 +272,28 @@ class RedisQueue(Queue):
         if not self._bury(receipt, job.id, job.changeset_id, reason, job.attempts, job.to_json()):
             log.warning("dead-lettering of job %s ignored: its lease was lost to another worker", job.id)
 
-    def extend(self, job: Job) -> None:
-        receipt = check_claimed(job)
-        if not self._run(lambda: self._scripts.extend(keys=[self._keys.stream], args=[GROUP, receipt])):
-            raise LeaseLost(f"job {job.id} is no longer leased to this worker")
+    def extend_batch(self, jobs: Sequence[Job]) -> list[Job]:
+        receipts = [check_claimed(job) for job in jobs]
+        if not receipts:
+            return []
+        renewed = self._run(
+            lambda: self._scripts.extend_many(keys=[self._keys.stream], args=[GROUP, *receipts])
+        )
+        return [job for job, ok in zip(jobs, renewed, strict=True) if not int(ok)]
+
+    def release(self, consumer: str) -> int:
+        check_worker(consumer)
+        total = 0
+        while True:
+            handed, looked = self._run(
+                lambda: self._scripts.release(keys=[self._keys.stream], args=[GROUP, consumer, BATCH])
+            )
+            total += int(handed)
+            if int(looked) < BATCH:
+                break
+        if total:
+            log.warning("released %d job(s) held by consumer %s (its process died)", total, consumer)
+        return total
 
     def reclaim_stale(self) -> int:
         total, cursor = 0, "0-0"
@@ -277,10 +312,15 @@ class RedisQueue(Queue):
 
     def stats(self) -> QueueStats:
         k = self._keys
+        now = time.time()
+        bounds = [repr(EARLIEST_PLAUSIBLE_TIME), repr(now + CLOCK_SKEW_SECONDS)]
         length, pending, delayed, dead, oldest = self._run(
-            lambda: self._scripts.stats(keys=[k.stream, k.delayed, k.live, k.dead], args=[GROUP])
+            lambda: self._scripts.stats(keys=[k.stream, k.delayed, k.live, k.dead], args=[GROUP, *bounds])
         )
-        age = max(0.0, time.time() - float(oldest)) if oldest else 0.0
+        try:
+            age = oldest_age(float(oldest), now) if oldest else 0.0
+        except ValueError:  # a score Redis prints oddly ("inf"): not a time
+            age = 0.0
         return QueueStats(
             depth=max(0, int(length) - int(pending)),
             in_flight=int(pending),
@@ -294,11 +334,11 @@ class RedisQueue(Queue):
             return []
         k = self._keys
 
-        def read() -> list[bytes | None]:
+        def read() -> list[tuple[bytes, bytes | None]]:
             ids = self._client.zrange(k.dead_index, 0, limit - 1)
-            return self._client.hmget(k.dead, ids) if ids else []
+            return list(zip(ids, self._client.hmget(k.dead, ids), strict=True)) if ids else []
 
-        return [_letter(record) for record in self._run(read) if record is not None]
+        return [_letter(record, one) for one, record in self._run(read) if record is not None]
 
     def requeue_dead(self, job_id: str | None = None) -> int:
         k = self._keys
@@ -312,7 +352,7 @@ class RedisQueue(Queue):
             if record is None:
                 continue
             try:
-                job = decode_job(_letter(record).raw)
+                job = decode_job(_letter(record, one.encode()).raw)
             except MalformedJob:
                 continue  # requeuing garbage would only kill it again
             fresh = Job(id=job.id, changeset_id=job.changeset_id, enqueued_at=time.time())
@@ -337,13 +377,30 @@ class RedisQueue(Queue):
             self._client.close()
 
 
-def _letter(record: bytes) -> DeadLetter:
-    data = json.loads(record)
-    return DeadLetter(
-        job_id=data["job_id"],
-        changeset_id=data["changeset_id"],
-        reason=data["reason"],
-        attempts=data["attempts"],
-        died_at=data["died_at"],
-        raw=data["raw"],
-    )
+def _letter(record: bytes, job_id: bytes) -> DeadLetter:
+    """A dead-letter record as stored; one that is not herald's JSON is shown as it is, not raised on."""
+    try:
+        data = json.loads(record)
+        letter = DeadLetter(
+            job_id=str(data["job_id"]),
+            changeset_id=data["changeset_id"] if type(data["changeset_id"]) is int else None,
+            reason=str(data["reason"]),
+            attempts=int(data["attempts"]),
+            died_at=float(data["died_at"]),
+            raw=str(data["raw"]),
+        )
+    except (ValueError, TypeError, KeyError, OverflowError):
+        return DeadLetter(
+            job_id=job_id.decode("utf-8", "backslashreplace"),
+            changeset_id=None,
+            reason="unreadable dead-letter record (not written by herald)",
+            attempts=0,
+            died_at=0.0,
+            raw=raw_text(record),
+        )
+    return letter
+
+
+def _short_bytes(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -57,10 +57,13 @@ RETRY = (
 -- KEYS[1] stream    ready and in-flight jobs
 -- KEYS[2] delayed   payload -> unix ms at which it is due
 -- KEYS[3] errors    job id -> last retry reason
+-- KEYS[4] attempts  job id -> claims since last settled
 -- ARGV: group, entry id, job id, payload, delay ms, reason.  Returns 1, or 0 if the lease was lost.
+-- A retry settles the job (its worker gave a verdict), so its claim count starts again.
 if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
 redis.call('XDEL', KEYS[1], ARGV[2])
 redis.call('HSET', KEYS[3], ARGV[3], ARGV[6])
+redis.call('HDEL', KEYS[4], ARGV[3])
 local delay = tonumber(ARGV[5])
 if delay <= 0 then
   redis.call('XADD', KEYS[1], '*', '$JOB_FIELD', ARGV[4])
@@ -93,26 +96,95 @@ redis.call('ZADD', KEYS[6], ARGV[5], ARGV[3])
 return 1
 """
 
-# Moves due retries to the stream; run by every claimer before it blocks.
+# Moves due retries to the stream; run by every claimer before it blocks. A due time further ahead than
+# any retry herald writes (or +inf) is garbage: that member moves now too, and is judged when claimed (a
+# payload that is not a job is dead-lettered), rather than sit in the set for ever.
 # Race: two claimers promoting at once would XADD the same payload twice; atomically only one sees it.
 PROMOTE = (
     """\
 -- KEYS[1] delayed   payload -> unix ms at which it is due
 -- KEYS[2] stream    ready and in-flight jobs
--- ARGV: most payloads to move.  Returns {moved, ms until the next delayed job is due or -1}.
+-- ARGV: most payloads to move, longest delay in ms.
+-- Returns {moved, ms until the next delayed job is due or -1}.
 """
     + _NOW_MS
     + """\
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT', 0, tonumber(ARGV[1]))
+local limit = tonumber(ARGV[1])
+local horizon = now_ms + tonumber(ARGV[2])
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT', 0, limit)
+if #due < limit then
+  local absurd = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. string.format('%d', horizon), '+inf',
+                            'LIMIT', 0, limit - #due)
+  for _, payload in ipairs(absurd) do table.insert(due, payload) end
+end
 for _, payload in ipairs(due) do
   redis.call('XADD', KEYS[2], '*', '$JOB_FIELD', payload)
+  redis.call('ZREM', KEYS[1], payload)
 end
-if #due > 0 then redis.call('ZREM', KEYS[1], unpack(due)) end
 local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 if #nxt == 0 then return {#due, -1} end
-return {#due, math.max(0, tonumber(nxt[2]) - now_ms)}
+local wait = tonumber(nxt[2]) - now_ms
+if wait ~= wait or wait < 0 then wait = 0 end
+return {#due, math.floor(math.min(wait, tonumber(ARGV[2])))}
 """
 )
+
+# Counts one claim of each job just read. The counter is only trusted if it is a small whole number:
+# anything else (written by something other than herald) is reported, and the caller dead-letters that
+# job instead of failing on HINCRBY ("hash value is not an integer") and re-claiming it for ever.
+COUNT = """\
+-- KEYS[1] attempts   job id -> claims since last settled
+-- KEYS[2] errors     job id -> last retry reason
+-- ARGV: largest believable count, then job ids.
+-- Returns, per job id: {count or -1 if corrupt, last retry reason or false, corrupt value or false}.
+local out = {}
+local most = tonumber(ARGV[1])
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  local raw = redis.call('HGET', KEYS[1], id)
+  local n = 0
+  if raw then
+    if #raw <= 10 and string.match(raw, '^%d+$') then n = tonumber(raw) else n = nil end
+    if n and n > most then n = nil end
+  end
+  if n then
+    n = n + 1
+    redis.call('HSET', KEYS[1], id, n)
+    table.insert(out, n)
+    table.insert(out, redis.call('HGET', KEYS[2], id))
+    table.insert(out, false)
+  else
+    table.insert(out, -1)
+    table.insert(out, false)
+    table.insert(out, raw)
+  end
+end
+return out
+"""
+
+# Hands back every entry one consumer holds (its process died): each is re-added to the stream under a
+# new id, where the next XREADGROUP of any consumer finds it, and the old entry is acked and deleted, which
+# voids the dead consumer's receipt. Claim counts (KEYS of the caller's hash) are untouched: a job that
+# kills its worker each time still dies as poison. The consumer is deleted once it holds nothing.
+# Race: a separate XPENDING, XADD, XACK could interleave with the consumer's own late ack and add a job
+# that was just finished; in one script the ack either came first (nothing pending) or finds nothing.
+RELEASE = """\
+-- KEYS[1] stream   ready and in-flight jobs
+-- ARGV: group, consumer, count.  Returns {entries handed back, entries looked at}.
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', tonumber(ARGV[3]), ARGV[2])
+local n = 0
+for _, e in ipairs(p) do
+  local got = redis.call('XRANGE', KEYS[1], e[1], e[1])
+  if #got > 0 then
+    redis.call('XADD', KEYS[1], '*', unpack(got[1][2]))
+    n = n + 1
+  end
+  redis.call('XACK', KEYS[1], ARGV[1], e[1])
+  redis.call('XDEL', KEYS[1], e[1])
+end
+if #p < tonumber(ARGV[3]) then redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2]) end
+return {n, #p}
+"""
 
 # Puts entries whose lease expired (idle longer than the lease) back at the end of the stream under a
 # new id, which voids the old owner's receipt: its late ack or retry then finds nothing to act on.
@@ -144,17 +216,37 @@ redis.call('XCLAIM', KEYS[1], ARGV[1], p[1][2], 0, ARGV[2], 'JUSTID')
 return 1
 """
 
+# Renews many leases at once (the lease keeper of a worker process); EXTEND's race, per entry.
+EXTEND_MANY = """\
+-- KEYS[1] stream   ready and in-flight jobs
+-- ARGV: group, entry ids.  Returns, per entry id, 1 if renewed or 0 if no longer pending.
+local out = {}
+for i = 2, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if #p == 0 then
+    table.insert(out, 0)
+  else
+    redis.call('XCLAIM', KEYS[1], ARGV[1], p[1][2], 0, ARGV[i], 'JUSTID')
+    table.insert(out, 1)
+  end
+end
+return out
+"""
+
 # One consistent snapshot of the counters. A missing group (fresh or lost Redis) means nothing pending.
+# The oldest age only counts enqueue times that can be real (ARGV bounds): a 0 written into the live set
+# by something else once made the admin page show a job 57 years old.
 STATS = """\
 -- KEYS[1] stream    ready and in-flight jobs
 -- KEYS[2] delayed   payload -> due time
 -- KEYS[3] live      job id -> enqueued_at
 -- KEYS[4] dead      job id -> dead-letter record
--- ARGV: group.  Returns {stream length, pending, delayed, dead, oldest enqueued_at as text or false}.
+-- ARGV: group, earliest and latest plausible enqueued_at.
+-- Returns {stream length, pending, delayed, dead, oldest plausible enqueued_at as text or false}.
 local pending = 0
 local summary = redis.pcall('XPENDING', KEYS[1], ARGV[1])
 if type(summary) == 'table' and not summary.err then pending = summary[1] end
-local oldest = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+local oldest = redis.call('ZRANGEBYSCORE', KEYS[3], ARGV[2], ARGV[3], 'WITHSCORES', 'LIMIT', 0, 1)
 return {redis.call('XLEN', KEYS[1]), pending, redis.call('ZCARD', KEYS[2]), redis.call('HLEN', KEYS[4]),
         oldest[2] or false}
 """
@@ -195,8 +287,11 @@ SOURCES: dict[str, str] = {
         "retry": RETRY,
         "dead": DEAD,
         "promote": PROMOTE,
+        "count": COUNT,
+        "release": RELEASE,
         "reclaim": RECLAIM,
         "extend": EXTEND,
+        "extend_many": EXTEND_MANY,
         "stats": STATS,
         "requeue": REQUEUE,
         "purge": PURGE,
@@ -214,8 +309,11 @@ class Scripts:
     retry: Script
     dead: Script
     promote: Script
+    count: Script
+    release: Script
     reclaim: Script
     extend: Script
+    extend_many: Script
     stats: Script
     requeue: Script
     purge: Script

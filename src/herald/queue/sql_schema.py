@@ -6,12 +6,15 @@ A row is a job in one of three states::
       ▲                                                             │   │
       └──────────────── retry, lease expired, requeue_dead ─────────┘   └──dead / too many attempts──> dead
 
-Times are unix seconds (floats) from the workers' clocks, like ``Job.enqueued_at``.
+Times are unix seconds (floats) from the workers' clocks, like ``Job.enqueued_at``. ``attempts`` counts the
+claims since the job was last settled (a retry resets it); ``fence`` counts every claim ever and is never
+reset, so a claim's receipt ``"<id>:<fence>"`` names that one claim even after the attempt count restarts.
 """
 
 from __future__ import annotations
 
 from sqlalchemy import (
+    DDL,
     BigInteger,
     CheckConstraint,
     Column,
@@ -49,6 +52,7 @@ queue_table = Table(
     Column("available_at", Double, nullable=False),
     Column("lease_until", Double, nullable=True),
     Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("fence", BigInteger, nullable=False, server_default="0"),
     Column("worker", String(200), nullable=True),
     Column("last_error", Text, nullable=True),
     Column("enqueued_at", Double, nullable=False),
@@ -71,3 +75,17 @@ def create_schema(engine: Engine) -> None:
             # rejects the second. What matters is that the table now exists.
             if not inspect(engine).has_table(queue_table.name):
                 raise
+        _add_fence(engine)
+
+
+def _add_fence(engine: Engine) -> None:
+    """Tables made by herald 0.1 have no ``fence`` column: add it (every row starts at 0)."""
+    if any(c["name"] == "fence" for c in inspect(engine).get_columns(queue_table.name)):
+        return
+    try:
+        with engine.begin() as conn:
+            conn.execute(DDL(f"ALTER TABLE {queue_table.name} ADD COLUMN fence BIGINT NOT NULL DEFAULT 0"))
+    except (exc.OperationalError, exc.ProgrammingError):
+        # Another process added it between our look and our ALTER.
+        if not any(c["name"] == "fence" for c in inspect(engine).get_columns(queue_table.name)):
+            raise
