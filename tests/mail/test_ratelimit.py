@@ -116,8 +116,9 @@ def test_bad_limit_is_refused(tmp_path):
         RateLimiter(RateLimit(0, 1.0), tmp_path / "state")
 
 
-def test_three_processes_never_exceed_the_limit_at_the_server(smtp_server, tmp_path):
-    count, period, per_process = 4, 0.5, 6
+def test_three_processes_never_exceed_the_limit_at_the_server(make_smtp_server, tmp_path):
+    smtp_server = make_smtp_server()
+    count, period, per_process = 3, 0.6, 4
     state = tmp_path / "rate.state"
     procs = [
         subprocess.Popen(
@@ -146,8 +147,9 @@ def test_three_processes_never_exceed_the_limit_at_the_server(smtp_server, tmp_p
 
     total = 3 * per_process
     assert len(smtp_server.wait_for(total)) == total
-    # The relay's own count: no window of ``period`` saw more than ``count`` messages. (A little slack for
-    # the network: the limiter spaces the sends, the server timestamps them a moment later.)
-    assert smtp_server.most_in_window(period - 0.05) <= count
-    # And the limiter really spaced them: 18 sends at 4 per 0.5 s need at least 4 windows after the first.
-    assert elapsed >= (total / count - 1) * period - 0.05
+    # The relay's own count: no window of ``period`` saw more than ``count`` messages. (Some slack for a
+    # loaded machine: the limiter spaces the sends, the server timestamps them a moment later. Without
+    # the limiter all 12 would arrive within a few milliseconds.)
+    assert smtp_server.most_in_window(period - 0.15) <= count
+    # And the limiter really spaced them: 12 sends at 3 per 0.6 s need 3 more windows after the first.
+    assert elapsed >= (total / count - 1) * period - 0.15

@@ -304,3 +304,20 @@ def test_send_bytes_checks_the_envelope(smtp_server, transport):
         transport.send_bytes(b"Subject: x\r\n\r\nx\r\n", "a@x>\r\nRSET", "bob@example.org")
 
     assert smtp_server.connections == 0
+
+
+@pytest.mark.parametrize("offered", [False, True])
+def test_pipelining_is_used_exactly_when_offered(make_smtp_server, monkeypatch, offered):
+    server = make_smtp_server(pipelining=offered)
+    calls: list[str] = []
+    for name in ("_pipelined", "_stepwise"):
+        original = getattr(SmtpTransport, name)
+        monkeypatch.setattr(
+            SmtpTransport, name, lambda self, *a, _o=original, _n=name: calls.append(_n) or _o(self, *a)
+        )
+
+    with SmtpTransport(smtp_settings(server)) as transport:
+        transport.send(build_message(), SENDER, "bob@example.org")
+
+    assert calls == (["_pipelined"] if offered else ["_stepwise"])
+    assert len(server.wait_for(1)) == 1

@@ -101,6 +101,7 @@ class _Recorder:
         self.rcpt_replies: dict[str, str] = {}
         self.mail_replies: deque[str] = deque()
         self.data_replies: deque[str] = deque()
+        self.pipelining = False
 
     # connection bookkeeping, called by _RecordingSMTP
     def opened(self, proto: _RecordingSMTP) -> None:
@@ -117,6 +118,14 @@ class _Recorder:
             self.cond.notify_all()
 
     # aiosmtpd hooks
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        if self.pipelining:
+            # aiosmtpd reads commands one line at a time, so it copes with pipelined ones; it just
+            # does not say so. Advertising it lets tests drive herald's pipelined path.
+            responses.insert(-1, "250-PIPELINING")
+        return responses
+
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         with self.cond:
             reply = self.mail_replies.popleft() if self.mail_replies else None
@@ -456,12 +465,17 @@ def make_smtp_server(request: pytest.FixtureRequest) -> Iterator[Callable[..., S
 
     ``security``: ``none``, ``starttls`` (STARTTLS offered and required) or ``tls`` (implicit TLS).
     ``auth``: ``(user, password)`` to require AUTH (allowed without TLS when ``security`` is ``none``).
+    ``pipelining``: advertise PIPELINING (RFC 2920) in the EHLO reply.
     Other keywords go to aiosmtpd's ``SMTP`` (e.g. ``authenticator=``, ``data_size_limit=``).
     """
     servers: list[SmtpServer] = []
 
     def start(
-        *, security: str = "none", auth: tuple[str, str] | None = None, **smtp_kwargs: Any
+        *,
+        security: str = "none",
+        auth: tuple[str, str] | None = None,
+        pipelining: bool = False,
+        **smtp_kwargs: Any,
     ) -> SmtpServer:
         kwargs: dict[str, Any] = {"ready_timeout": 10.0, **smtp_kwargs}
         ca_file = None
@@ -479,7 +493,9 @@ def make_smtp_server(request: pytest.FixtureRequest) -> Iterator[Callable[..., S
             kwargs["auth_required"] = True
             # aiosmtpd refuses AUTH outside STARTTLS unless told otherwise (it does not see implicit TLS).
             kwargs["auth_require_tls"] = security == "starttls"
-        controller = _Controller(_Recorder(), **kwargs)
+        recorder = _Recorder()
+        recorder.pipelining = pipelining
+        controller = _Controller(recorder, **kwargs)
         controller.start()
         # Forget aiosmtpd's start-up probe: tests count their own connections only.
         with controller.recorder.cond:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import logging
+import re
 import smtplib
 import ssl
 import threading
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 # Errors from smtplib, sockets and ssl (ssl.SSLError is an OSError); anything else is a bug and propagates.
 _SMTP_ERRORS = (smtplib.SMTPException, OSError)
+_LEADING_DOT = re.compile(rb"(?m)^\.")
 
 
 class SmtpTransport(Transport):
@@ -116,25 +118,134 @@ class SmtpTransport(Transport):
     # --- one message -----------------------------------------------------------------------------------
 
     def _send_locked(self, raw: bytes, sender: str, recipient: str, utf8: bool) -> tuple[int, str]:
-        conn = self._start(raw, sender, recipient, utf8)
-        try:
-            code, reply = conn.rcpt(recipient)
-            if code not in (250, 251):
-                self._reset(conn, code)
-                raise from_reply(
-                    code, decode_reply(reply), f"recipient {recipient} refused", recipient=recipient
-                )
-            # Past this point the message may have been accepted: never retry it here, even on a
-            # disconnect before the reply (the worker decides, knowing it may be the one duplicate).
-            code, reply = conn.data(raw)
-        except MailError:
-            raise
-        except smtplib.SMTPResponseException as exc:
-            if isinstance(exc.smtp_error, bytes):  # DATA refused with a reply: the session is still sane
-                self._reset(conn, exc.smtp_code)
+        for _attempt in range(2):
+            reused = self._conn is not None
+            conn = self._conn or self._connect()
+            options = self._mail_options(conn, raw, utf8, recipient)
+            # The envelope was checked (no spaces, brackets or controls), so the commands are built here
+            # directly: smtplib's mail()/rcpt() re-parse each address with email.utils, a third of the
+            # client's own time per message.
+            encoding = "utf-8" if utf8 else "ascii"
+            mail = f"MAIL FROM:<{sender}>{''.join(' ' + o for o in options)}\r\n".encode(encoding)
+            rcpt = f"RCPT TO:<{recipient}>\r\n".encode(encoding)
+            if conn.does_esmtp and conn.has_extn("pipelining"):
+                result = self._pipelined(conn, raw, mail, rcpt, sender, recipient, reused)
             else:
-                self._discard()
+                result = self._stepwise(conn, raw, mail, rcpt, sender, recipient, reused)
+            if result is not None:
+                return result
+        raise AssertionError("unreachable: the second attempt always runs on a fresh connection")
+
+    def _stepwise(
+        self,
+        conn: smtplib.SMTP,
+        raw: bytes,
+        mail: bytes,
+        rcpt: bytes,
+        sender: str,
+        recipient: str,
+        reused: bool,
+    ) -> tuple[int, str] | None:
+        """MAIL, RCPT, DATA one after the other; None if a reused connection proved closed at MAIL."""
+        try:
+            conn.send(mail)
+            code, reply = conn.getreply()
+        except _SMTP_ERRORS as exc:
+            self._discard()
+            if self._worth_reconnecting(exc, reused):
+                return None
             raise classify(exc, recipient=recipient) from exc
+        if code == 421 and reused:
+            return self._idle_421()
+        if code != 250:
+            self._reset(conn, code)
+            raise classify(smtplib.SMTPSenderRefused(code, reply, sender), recipient=recipient)
+        try:
+            conn.send(rcpt)
+            code, reply = conn.getreply()
+            if code in (250, 251):
+                conn.send(b"DATA\r\n")
+                data_code, data_reply = conn.getreply()
+        except _SMTP_ERRORS as exc:
+            self._discard()
+            raise classify(exc, recipient=recipient) from exc
+        if code not in (250, 251):
+            self._reset(conn, code)
+            raise from_reply(code, decode_reply(reply), f"recipient {recipient} refused", recipient=recipient)
+        return self._data(conn, raw, recipient, data_code, data_reply)
+
+    def _pipelined(
+        self,
+        conn: smtplib.SMTP,
+        raw: bytes,
+        mail: bytes,
+        rcpt: bytes,
+        sender: str,
+        recipient: str,
+        reused: bool,
+    ) -> tuple[int, str] | None:
+        """MAIL, RCPT and DATA in one write (RFC 2920), three replies read back: one round trip, not three."""
+        try:
+            conn.send(mail + rcpt + b"DATA\r\n")
+            replies = [conn.getreply()]
+        except _SMTP_ERRORS as exc:
+            self._discard()
+            if self._worth_reconnecting(exc, reused):
+                return None
+            raise classify(exc, recipient=recipient) from exc
+        failure: BaseException | None = None
+        try:
+            replies.append(conn.getreply())
+            replies.append(conn.getreply())
+        except _SMTP_ERRORS as exc:
+            # e.g. the server refused MAIL or RCPT with 421 and hung up: that refusal is the news.
+            self._discard()
+            failure = exc
+        mail_code, mail_reply = replies[0]
+        if mail_code == 421 and reused:
+            return self._idle_421()
+        if mail_code != 250:
+            self._after_pipelined_refusal(conn, replies, failure, mail_code)
+            raise classify(smtplib.SMTPSenderRefused(mail_code, mail_reply, sender), recipient=recipient)
+        if failure is not None and len(replies) < 2:
+            raise classify(failure, recipient=recipient) from failure
+        rcpt_code, rcpt_reply = replies[1]
+        if rcpt_code not in (250, 251):
+            self._after_pipelined_refusal(conn, replies, failure, rcpt_code)
+            reply = decode_reply(rcpt_reply)
+            raise from_reply(rcpt_code, reply, f"recipient {recipient} refused", recipient=recipient)
+        if failure is not None:
+            raise classify(failure, recipient=recipient) from failure
+        data_code, data_reply = replies[2]
+        return self._data(conn, raw, recipient, data_code, data_reply)
+
+    def _after_pipelined_refusal(
+        self, conn: smtplib.SMTP, replies: list[tuple[int, bytes]], failure: BaseException | None, code: int
+    ) -> None:
+        if failure is not None:  # already discarded
+            return
+        if replies[2][0] == 354:
+            # A server that accepted DATA with no valid recipient (RFC 2920 forbids it): end it empty.
+            try:
+                conn.send(b".\r\n")
+                conn.getreply()
+            except _SMTP_ERRORS:
+                self._discard()
+                return
+        self._reset(conn, code)
+
+    def _data(
+        self, conn: smtplib.SMTP, raw: bytes, recipient: str, code: int, reply: bytes
+    ) -> tuple[int, str]:
+        """Given the reply to DATA, send the message and return the final reply."""
+        if code != 354:
+            self._reset(conn, code)
+            raise classify(smtplib.SMTPDataError(code, reply), recipient=recipient)
+        # Past this point the message may have been accepted: never retry it here, even on a
+        # disconnect before the reply (the worker decides, knowing it may be the one duplicate).
+        try:
+            conn.send(_dot_stuffed(raw))
+            code, reply = conn.getreply()
         except _SMTP_ERRORS as exc:
             self._discard()
             raise classify(exc, recipient=recipient) from exc
@@ -143,39 +254,25 @@ class SmtpTransport(Transport):
             raise from_reply(code, decode_reply(reply), "message refused", recipient=recipient)
         return code, decode_reply(reply)
 
-    def _start(self, raw: bytes, sender: str, recipient: str, utf8: bool) -> smtplib.SMTP:
-        """Open or reuse the connection and send MAIL FROM; returns the connection, ready for RCPT."""
-        for _attempt in range(2):
-            reused = self._conn is not None
-            conn = self._conn or self._connect()
-            options = self._mail_options(conn, raw, utf8, recipient)
-            try:
-                code, reply = conn.mail(sender, options)
-            except smtplib.SMTPServerDisconnected as exc:
-                self._discard()
-                # Nothing of this message reached the server yet, so a fresh connection is safe. Not on a
-                # timeout: the server is there but silent, and trying again would only double the wait.
-                if reused and not caused_by_timeout(exc):
-                    log.info(
-                        "SMTP server %s:%s closed the idle connection; reconnecting", self._host, self._port
-                    )
-                    continue
-                raise classify(exc, recipient=recipient) from exc
-            except _SMTP_ERRORS as exc:
-                self._discard()
-                raise classify(exc, recipient=recipient) from exc
-            if code == 421 and reused:
-                # The polite form of an idle drop: "421 closing connection".
-                self._discard()
-                log.info(
-                    "SMTP server %s:%s closed the idle connection (421); reconnecting", self._host, self._port
-                )
-                continue
-            if code != 250:
-                self._reset(conn, code)
-                raise classify(smtplib.SMTPSenderRefused(code, reply, sender), recipient=recipient)
-            return conn
-        raise AssertionError("unreachable: the second attempt always runs on a fresh connection")
+    def _worth_reconnecting(self, exc: BaseException, reused: bool) -> bool:
+        """A reused connection found closed before the server took anything: safe to open a fresh one.
+
+        Not on a timeout: the server is there but silent, and trying again would only double the wait.
+        """
+        if (
+            reused
+            and isinstance(exc, smtplib.SMTPServerDisconnected | ConnectionError)
+            and not caused_by_timeout(exc)
+        ):
+            log.info("SMTP server %s:%s closed the idle connection; reconnecting", self._host, self._port)
+            return True
+        return False
+
+    def _idle_421(self) -> None:
+        """The polite form of an idle drop, "421 closing connection": reconnect."""
+        self._discard()
+        log.info("SMTP server %s:%s closed the idle connection (421); reconnecting", self._host, self._port)
+        return None
 
     def _mail_options(self, conn: smtplib.SMTP, raw: bytes, utf8: bool, recipient: str) -> list[str]:
         options = []
@@ -305,6 +402,18 @@ class SmtpTransport(Transport):
             exc.__cause__ = None
             exc.__context__ = None
             exc.__suppress_context__ = True
+
+
+def _dot_stuffed(raw: bytes) -> bytes:
+    """DATA as sent: a leading dot doubled on every line (RFC 5321 4.5.2), CRLF, then the final dot.
+
+    The regex runs only when some line starts with a dot; smtplib's data() runs it on every message.
+    """
+    if raw.startswith(b".") or b"\n." in raw:
+        raw = _LEADING_DOT.sub(b"..", raw)
+    if not raw.endswith(b"\r\n"):
+        raw += b"\r\n"
+    return raw + b".\r\n"
 
 
 def _b64(text: str) -> str:
