@@ -135,7 +135,7 @@ def parse_duration(key: str, value: object, lo: float, hi: float) -> float:
         seconds = float(value)
     elif isinstance(value, str):
         text = value.strip().lower()
-        factor = _DURATION_UNITS.get(text[-1:], None) if text else None
+        factor = _DURATION_UNITS.get(text[-1:]) if text else None
         number = text[:-1] if factor is not None else text
         try:
             seconds = float(number) * (factor or 1.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,9 +50,14 @@ class Context:
     def config_source(self) -> str:
         """Which configuration this process reads, in words."""
         if self.config_path is None:
-            return "none (built-in defaults; pass --config FILE or set HERALD_CONFIG)"
-        where = "HERALD_CONFIG" if self.from_env else "--config"
-        return f"{self.config_path} (from {where})"
+            text = "none (built-in defaults; pass --config FILE or set HERALD_CONFIG)"
+        else:
+            where = "HERALD_CONFIG" if self.from_env else "--config"
+            text = f"{self.config_path} (from {where})"
+        overrides = sorted(n for n in os.environ if n.startswith("HERALD_") and n != "HERALD_CONFIG")
+        if overrides:
+            text += f", overridden by {', '.join(overrides)}"
+        return text
 
 
 def hoist_global_options(args: Sequence[str]) -> list[str]:
@@ -70,7 +76,10 @@ def hoist_global_options(args: Sequence[str]) -> list[str]:
             rest.extend(items[i:])
             break
         if token in GLOBAL_OPTIONS:
-            front.extend(items[i : i + 2])  # the option and its value (click reports a missing value)
+            if i + 1 == len(items):
+                # Moved to the front, it would take the subcommand's name as its value.
+                raise click.BadOptionUsage(token, f"Option '{token}' requires an argument.")
+            front.extend(items[i : i + 2])
             i += 2
             continue
         if any(token.startswith(f"{name}=") for name in GLOBAL_OPTIONS):
