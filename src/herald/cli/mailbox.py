@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -17,6 +18,8 @@ from herald.mail.mailbox import AmbiguousKey, read_bytes, resolve_key
 
 #: How many matching keys an ambiguous prefix lists.
 _SHOWN_MATCHES = 10
+#: Output to a pipe or a file has no width to respect: rows as long as they need (rich sizes to content).
+_PIPE_WIDTH = 10_000
 
 
 def _box(ctx: Context) -> MailboxTransport:
@@ -41,21 +44,20 @@ def list_(ctx: Context, limit: int, recipient: str | None, as_json: bool) -> Non
     if as_json:
         echo_json([m.as_dict() for m in items])
         return
-    # The key is what one copies into ``show``: never cut, never wrapped, whatever the terminal's width
-    # (a pipe counts as 80 columns). The other columns wrap instead.
+    # The key is what one copies into ``show``: never cut, never wrapped, whatever the terminal's width;
+    # the other columns wrap instead. A pipe (which rich takes for 80 columns) gets one line per message.
     key_width = max((len(m.key) for m in items), default=3)
-    width = key_width + 80
     table = Table(show_lines=False)
     table.add_column("key", no_wrap=True, min_width=key_width, overflow="ignore")
-    table.add_column("date", no_wrap=True)
-    table.add_column("to", overflow="fold")
-    table.add_column("subject", overflow="fold")
+    table.add_column("date", min_width=10, overflow="fold")
+    table.add_column("to", min_width=12, overflow="fold")
+    table.add_column("subject", min_width=12, overflow="fold")
     for m in items:
         # escape: a subject such as "[bug #1] ..." is text, not rich markup
         table.add_row(m.key, m.date.strftime("%Y-%m-%d %H:%M:%S"), escape(m.recipient), escape(m.subject))
     console = Console()
     if not console.is_terminal:
-        console = Console(width=max(console.width, width))  # a pipe has no width to respect
+        console = Console(width=_PIPE_WIDTH)
     console.print(table)
 
 
@@ -83,9 +85,9 @@ def show(ctx: Context, key: str, decoded: bool) -> None:
     except KeyError:
         fail(f"no message key starts with {key!r} (herald mailbox list shows the keys)")
     if not decoded:
-        out = click.get_binary_stream("stdout")
-        out.write(data)
-        out.flush()
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)  # bytes as delivered: no re-encoding of headers or body
+        sys.stdout.buffer.flush()
         return
     message = BytesParser(policy=policy.default).parsebytes(data)
     assert isinstance(message, EmailMessage)
