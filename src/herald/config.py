@@ -8,6 +8,7 @@ what is allowed, so the CLI can stop with one clear line.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import enum
 import ipaddress
 import os
@@ -25,6 +26,7 @@ __all__ = [
     "DispatchMode",
     "RateLimit",
     "Settings",
+    "configured_keys",
     "ensure_secrets",
     "load_settings",
     "parse_async_emails",
@@ -464,17 +466,44 @@ def load_settings(
     if path is not None:
         for key, value in _read_file(Path(path)).items():
             if key not in _PARSERS:
-                raise ConfigError(f"unknown key {key!r} in {str(path)!r}; known keys: {', '.join(KEYS)}")
+                raise ConfigError(f"unknown key {key!r} in {str(path)!r}{_did_you_mean(key)}")
             raw[key] = value
     for name, value in env.items():
         if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
             continue
         key = name[len(ENV_PREFIX) :].lower()
         if key not in _PARSERS:
-            raise ConfigError(f"unknown environment variable {name}; known keys: {', '.join(KEYS)}")
+            raise ConfigError(f"unknown environment variable {name}{_did_you_mean(key, ENV_PREFIX)}")
         raw[key] = value
     values = {key: _PARSERS[key](key, value) for key, value in raw.items()}
     return _complete(values)
+
+
+def _did_you_mean(key: str, prefix: str = "") -> str:
+    """The nearest known key as a hint, or where the list is: never all the keys in one line."""
+    close = difflib.get_close_matches(str(key).lower(), KEYS, n=1, cutoff=0.6)
+    if close:
+        name = f"{prefix}{close[0]}".upper() if prefix else repr(close[0])
+        return f" — did you mean {name}?"
+    return " (docs/configuration.md lists every key)"
+
+
+def configured_keys(
+    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+) -> frozenset[str]:
+    """The keys the file (or ``HERALD_CONFIG``) or ``HERALD_<KEY>`` set, as opposed to defaults.
+
+    The CLI uses it to tell an explicit ``base_url`` from the default one that ``--port`` may move. Call it
+    after :func:`load_settings` succeeded: it does not validate.
+    """
+    env = os.environ if env is None else env
+    if path is None and env.get(CONFIG_ENV):
+        path = env[CONFIG_ENV]
+    keys = set(_read_file(Path(path))) if path is not None else set()
+    keys.update(
+        name[len(ENV_PREFIX) :].lower() for name in env if name.startswith(ENV_PREFIX) and name != CONFIG_ENV
+    )
+    return frozenset(keys & set(KEYS))
 
 
 def _complete(values: dict[str, Any]) -> Settings:

@@ -7,6 +7,7 @@ import sys
 import click
 
 from herald.cli.main import Context, echo_json, pass_ctx
+from herald.cli.target import describe
 from herald.ops.check import run_check
 from herald.ops.doctor import diagnose
 from herald.queue import make_queue
@@ -21,6 +22,7 @@ def check(ctx: Context, as_json: bool) -> None:
     from herald.ops.workers import live_worker_count
 
     settings = ctx.settings
+    target = describe(ctx)
     db = Database(settings.database_url)
     queue = make_queue(settings)
     try:
@@ -29,12 +31,15 @@ def check(ctx: Context, as_json: bool) -> None:
         queue.close()
         db.dispose()
     if as_json:
-        echo_json(report.as_dict())
+        echo_json(report.as_dict())  # the same document as GET /api/check; what it looked at goes to stderr
+        target.echo(err=True)
     else:
+        # Nagios reads the first line: the verdict comes first, what it is about after the findings.
         click.echo(report.summary())
         for status, message in report.findings:
             if message not in report.summary():
                 click.echo(f"{status.name}: {message}")
+        target.echo()
     sys.exit(int(report.status))
 
 
@@ -43,6 +48,7 @@ def check(ctx: Context, as_json: bool) -> None:
 def doctor(ctx: Context) -> None:
     """Check the configuration, database, queue (Redis hardening), mail server and directories."""
     settings = ctx.settings
+    describe(ctx).echo()
     report = diagnose(settings)
     for line in report.ok:
         click.echo(f"ok       {line}")

@@ -16,6 +16,7 @@ from rich.table import Table
 from herald.cli.data import open_database
 from herald.cli.logs import setup_logging
 from herald.cli.main import RET_ERROR, RET_OK, Context, echo_json, fail, pass_ctx
+from herald.cli.target import describe
 from herald.queue import Queue, QueueError, QueueUnavailable, make_queue
 
 #: The queue's server could not be reached (``herald queue ...``); try again later.
@@ -79,7 +80,9 @@ def relay(ctx: Context) -> None:
 
 
 @contextmanager
-def _queue(ctx: Context) -> Iterator[Queue]:
+def _queue(ctx: Context, *, quiet_stdout: bool = False) -> Iterator[Queue]:
+    """The configured queue, after saying which one it is (on stderr when stdout carries JSON)."""
+    describe(ctx).echo(err=quiet_stdout)
     try:
         with make_queue(ctx.settings) as q:
             yield q
@@ -103,10 +106,11 @@ def queue() -> None:
 @pass_ctx
 def stats(ctx: Context, as_json: bool) -> None:
     """Ready, in-flight, delayed and dead jobs, and the age of the oldest live one."""
-    with _queue(ctx) as q:
+    with _queue(ctx, quiet_stdout=as_json) as q:
         s = q.stats()
     values: dict[str, Any] = {
         "backend": ctx.settings.queue_backend,
+        "target": describe(ctx).as_dict(),
         "depth": s.depth,
         "in_flight": s.in_flight,
         "delayed": s.delayed,
@@ -134,7 +138,7 @@ def stats(ctx: Context, as_json: bool) -> None:
 @pass_ctx
 def dead(ctx: Context, limit: int, as_json: bool) -> None:
     """Dead letters, oldest first, with why each died."""
-    with _queue(ctx) as q:
+    with _queue(ctx, quiet_stdout=as_json) as q:
         letters = q.dead_letters(limit)
     if as_json:
         echo_json(

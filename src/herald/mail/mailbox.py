@@ -30,7 +30,7 @@ from herald.mail.transport import (
     serialize,
 )
 
-__all__ = ["MailSummary", "MailboxTransport"]
+__all__ = ["AmbiguousKey", "MailSummary", "MailboxTransport", "find_keys", "read_bytes", "resolve_key"]
 
 # mailbox.Maildir numbers the files it creates with a class-wide counter that is not thread-safe, and an
 # instance's table of contents is rebuilt on reads: one lock per process covers both.
@@ -234,3 +234,45 @@ def _date(headers: EmailMessage, key: str) -> datetime:
         return value
     seconds, micros, _, _ = _delivery_order(key)
     return datetime.fromtimestamp(seconds + micros / 1e6, tz=UTC)
+
+
+# --- lookup by prefix and raw reads (the CLI's ``herald mailbox show``) ----------------------------------
+
+
+class AmbiguousKey(LookupError):
+    """A key prefix matches more than one message; ``matches`` are their keys, newest first."""
+
+    def __init__(self, prefix: str, matches: list[str]) -> None:
+        super().__init__(prefix)
+        self.prefix = prefix
+        self.matches = matches
+
+
+def find_keys(box: MailboxTransport, prefix: str) -> list[str]:
+    """The keys that start with ``prefix``, newest first (``ValueError`` for a prefix no key could have)."""
+    _check_key(prefix)
+    return [key for key in box._keys_newest_first() if key.startswith(prefix)]
+
+
+def resolve_key(box: MailboxTransport, prefix: str) -> str:
+    """The one key that is ``prefix`` or starts with it.
+
+    A whole key wins even if it is also the start of another. Raises ``ValueError`` for a malformed
+    prefix, ``KeyError`` when nothing matches and :class:`AmbiguousKey` when several do.
+    """
+    matches = find_keys(box, prefix)
+    if prefix in matches or len(matches) == 1:
+        return prefix if prefix in matches else matches[0]
+    if not matches:
+        raise KeyError(prefix)
+    raise AmbiguousKey(prefix, matches)
+
+
+def read_bytes(box: MailboxTransport, key: str) -> bytes:
+    """The message exactly as stored (envelope lines first, LF line ends); ``KeyError`` if it is gone."""
+    _check_key(key)
+    try:
+        with _LOCK:
+            return box._box().get_bytes(key)
+    except FileNotFoundError:  # removed between the lookup and the read
+        raise KeyError(key) from None
