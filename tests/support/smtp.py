@@ -290,6 +290,11 @@ class SmtpServer:
         with self._rec.cond:
             self._rec.rcpt_replies[address.lower()] = reply.format(address=address)
 
+    def accept_recipient(self, address: str) -> None:
+        """Stop refusing ``address``: its RCPT TO is accepted again."""
+        with self._rec.cond:
+            self._rec.rcpt_replies.pop(address.lower(), None)
+
     def script_mail(self, *replies: str) -> None:
         """The next MAIL FROM commands get these replies, in order; later ones get 250."""
         with self._rec.cond:

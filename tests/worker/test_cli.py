@@ -53,7 +53,8 @@ def test_stats_as_a_table_and_as_json(env, redis_server):
     table = run(env, "queue", "stats")
     assert table.exit_code == 0, table.output
     assert "ready" in table.output and "dead" in table.output
-    data = json.loads(run(env, "queue", "stats", "--json").output)
+    data = json.loads(run(env, "queue", "stats", "--json").stdout)
+    assert data.pop("target")["queue"].startswith("redis")
     assert data == {
         "backend": "redis",
         "depth": 0,
@@ -66,7 +67,7 @@ def test_stats_as_a_table_and_as_json(env, redis_server):
 
 def test_dead_lists_each_letter_with_its_reason(env, redis_server):
     job_id, _ = plant(env, redis_server)
-    letters = json.loads(run(env, "queue", "dead", "--json").output)
+    letters = json.loads(run(env, "queue", "dead", "--json").stdout)
     first = letters[0]
     assert (first["job_id"], first["changeset_id"], first["reason"]) == (job_id, 42, "gave up: 451 try later")
     assert letters[1]["changeset_id"] is None and letters[1]["reason"].startswith("malformed job")
@@ -88,7 +89,7 @@ def test_retry_one_job_then_all_then_purge(env, redis_server):
     assert "requeued 0 job(s)" in run(env, "queue", "retry", "--all").output  # the malformed one stays
     purged = run(env, "queue", "purge", input="y\n")
     assert purged.exit_code == 0 and "purged 1 dead letter(s)" in purged.output
-    assert json.loads(run(env, "queue", "stats", "--json").output)["dead"] == 0
+    assert json.loads(run(env, "queue", "stats", "--json").stdout)["dead"] == 0
 
 
 def test_an_unreachable_queue_exits_with_its_own_code(env):

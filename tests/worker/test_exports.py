@@ -1,5 +1,5 @@
-"""The public surface of ``herald.worker`` and the parts it may import (DESIGN.md: queue, notify, mail,
-tracker, config; not ops, web or cli)."""
+"""The public surface of ``herald.worker``: the process side only (the delivery run is ``herald.delivery``,
+the front end's dispatcher is ``herald.web``)."""
 
 from __future__ import annotations
 
@@ -12,18 +12,11 @@ WORKER = Path(herald.worker.__file__).parent
 
 def test_public_names():
     assert sorted(herald.worker.__all__) == [
-        "Deliverer",
-        "DeliveryOutcome",
-        "FrontEndDispatcher",
         "Relay",
         "RelayReport",
-        "RetryPolicy",
         "Supervisor",
-        "Verdict",
         "Worker",
-        "alive",
-        "backoff",
-        "build_dispatcher",
+        "connection_share",
         "workers_wanted",
     ]
     for name in herald.worker.__all__:

@@ -10,13 +10,14 @@ import pytest
 from sqlalchemy import update
 
 from herald.config import DispatchMode, Settings
-from herald.outbox import Notification, NotificationState
+from herald.outbox import Notification, NotificationState, lock
+from herald.outbox.records import requeue_after
 from herald.queue import Queue, QueueUnavailable, make_queue
-from herald.worker import outbox
-from herald.worker.dispatch import build_dispatcher
-from herald.worker.relay import Relay, requeue_after
-from tests.support.redis_server import RedisServer
+from herald.tracker.models import utcnow
+from herald.web.dispatcher import build_dispatcher
+from herald.worker.relay import Relay
 from tests.support.beds import Bed, notification
+from tests.support.redis_server import RedisServer
 
 
 def _settings(request: pytest.FixtureRequest, bed: Bed, backend: str) -> Settings:
@@ -54,7 +55,7 @@ def redis_queue(redis_settings: Settings) -> Iterator[Queue]:
 
 
 def at(seconds: float):
-    return lambda: outbox.utcnow() + timedelta(seconds=seconds)
+    return lambda: utcnow() + timedelta(seconds=seconds)
 
 
 def drain(queue: Queue) -> list:
@@ -107,7 +108,7 @@ def test_a_queued_job_that_redis_forgot_is_pushed_again_with_its_id(
 
 def test_an_inline_retry_that_is_due_goes_through_the_queue(bed: Bed, settings: Settings, queue: Queue):
     cs = bed.changeset(DispatchMode.INLINE)
-    due = outbox.utcnow() + timedelta(seconds=5)
+    due = utcnow() + timedelta(seconds=5)
     with bed.db.session() as s:
         s.execute(
             update(Notification)
@@ -124,7 +125,7 @@ def test_an_inline_retry_that_is_due_goes_through_the_queue(bed: Bed, settings: 
 def test_a_running_row_whose_holder_died_is_pushed(bed: Bed, settings: Settings, queue: Queue):
     cs = bed.changeset(DispatchMode.INLINE)
     with bed.db.session() as s:
-        assert outbox.acquire(s, cs, "web:dead-request", 5, now=outbox.utcnow()).lease is not None
+        assert lock.acquire(s.connection(), cs, "web:dead-request", 5, now=utcnow()).lease is not None
     assert Relay(bed.db, queue, settings, clock=at(3)).run_once().pushed == 0  # lease still holds
     assert Relay(bed.db, queue, settings, clock=at(6)).run_once().pushed == 1
     assert [j.changeset_id for j in drain(queue)] == [cs]

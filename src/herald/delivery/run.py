@@ -92,6 +92,9 @@ class _Held:
         self.reason = reason
 
 
+_STOPPING = "stopping"
+
+
 class _Fenced(Exception):
     """Our fence is no longer the row's: another holder took the changeset over."""
 
@@ -227,11 +230,16 @@ class Deliverer:
 
     # --- sending one message (runs on a sender thread) -------------------------------------------------
 
-    def send_one(self, wire: Wire) -> Receipt | BaseException | _Held:
-        """Send one wire message; never raises (the outcome is the return value)."""
+    def send_one(
+        self, wire: Wire, keep_going: Callable[[], bool] = _always
+    ) -> Receipt | BaseException | _Held:
+        """Send one wire message; never raises (the outcome is the return value). Not tried (held, nobody
+        charged) while the relay gate is closed or once the run is told to stop."""
         gate = self.gate
         if gate is not None and not gate.is_open:
             return _Held(gate.reason)
+        if not keep_going():
+            return _Held(_STOPPING)
         try:
             return self.relay.send_bytes(wire.raw, self.sender, wire.address, message_id=wire.message_id)
         except Exception as exc:
@@ -340,14 +348,18 @@ class _Run:
                     Outcome(recipient.address, DeliveryStatus.FAILED, reply=reply, attempted=False)
                 )
         senders = self.d.senders
+        go = self.keep_going
         if senders is None or len(wires) <= 1:
-            results = [self.d.send_one(wire) for _, wire in wires]
+            results = [self.d.send_one(wire, go) for _, wire in wires]
         else:
-            results = [f.result() for f in [senders.submit(self.d.send_one, wire) for _, wire in wires]]
+            results = [f.result() for f in [senders.submit(self.d.send_one, wire, go) for _, wire in wires]]
         held: list[Recipient] = []
         now = self.d.clock()
         for (recipient, wire), result in zip(wires, results, strict=True):
             if isinstance(result, _Held):
+                if result.reason == _STOPPING:
+                    self.interrupted = True
+                    continue
                 held.append(recipient)
                 self.last_error = f"relay: {result.reason}"
             elif isinstance(result, Receipt):
