@@ -374,7 +374,7 @@ def main() -> None:
                         help="PostgreSQL server URL for herald's tracker DB (default SQLite); the bench "
                              "creates and drops its own databases there")  # fmt: skip
     parser.add_argument("--herald-set", action="append", default=[], metavar="KEY=VALUE",
-                        help="an extra herald config key (TOML value), e.g. worker_concurrency=32")  # fmt: skip
+                        help="extra herald config key (TOML value), e.g. worker_concurrency=32")  # fmt: skip
     parser.add_argument("--herald-python", default=sys.executable,
                         help="the Python that runs `-m herald` (default: this one)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=1, help="the order of the systems")
@@ -400,9 +400,10 @@ def main() -> None:
             "drain-slow": ("drain", lambda: RecordingRelay(0.05), bench.drain(True), "aiosmtpd, DATA +50 ms"),
             "kill": ("kill", RecordingRelay, bench.kill(), "recording (aiosmtpd)"),
         }
+        warm = f" (after {p['warmup']:g} s of warm-up at the same rate)"
         describe = {
-            "e2e-50": f"enqueue -> SMTP accepted at 50 changes/s for {p['paced']:g} s (+{p['warmup']:g} s warm-up)",
-            "e2e-200": f"enqueue -> SMTP accepted at 200 changes/s for {p['paced']:g} s (+{p['warmup']:g} s warm-up)",
+            "e2e-50": f"enqueue -> SMTP accepted at 50 changes/s for {p['paced']:g} s{warm}",
+            "e2e-200": f"enqueue -> SMTP accepted at 200 changes/s for {p['paced']:g} s{warm}",
             "drain-fast": f"drain of {int(p['drain'])} changes ({3 * int(p['drain'])} mails) queued first",
             "drain-slow": f"drain of {int(p['drain'])} changes ({3 * int(p['drain'])} mails) queued first",
             "kill": f"SIGKILL one of 2 job-running processes at {KILL_AT:.0%} of a drain of {int(p['kill'])} "
@@ -437,7 +438,8 @@ def main() -> None:
 def header(bench: Bench, systems: list[System], workloads: list[str]) -> None:
     redis_version = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout
     print(
-        f"# herald vs peers — {'quick' if bench.args.quick else 'full'} profile, workloads: {', '.join(workloads)}"
+        f"# herald vs peers, {'quick' if bench.args.quick else 'full'} profile; "
+        f"workloads: {', '.join(workloads)}"
     )
     print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, {redis_version.strip()}")
     print(f"profile: {json.dumps(bench.profile)}, rounds {bench.args.rounds}, seed {bench.args.seed}")

@@ -157,8 +157,8 @@ class Peer(System):
     def settings(self) -> str:
         commands = " ; ".join(" ".join(c) for c in PEER_COMMANDS[self.name])
         return (
-            f"{self.name} {self.version}: {PEER_SETTINGS[self.name]}; Redis broker; job = build 3 EmailMessage "
-            f"and send them with smtplib over one connection per job; `{commands}`"
+            f"{self.name} {self.version}: {PEER_SETTINGS[self.name]}; Redis broker; job = build 3 "
+            f"EmailMessage and send them with smtplib over one connection per job; `{commands}`"
         )
 
     def prepare(self, run_dir, redis_url, redis_port, redis_password, smtp_port):
@@ -231,7 +231,8 @@ class Herald(System):
     def settings(self) -> str:
         extra = ", ".join(f"{k} = {v}" for k, v in self.extra.items()) or "none"
         return (
-            f"herald {_herald_version(self.python)} ({self.python}): `herald serve` (uvicorn, 1 process) + `herald workers` with "
+            f"herald {_herald_version(self.python)} ({self.python}): `herald serve` (uvicorn, 1 process)"
+            " + `herald workers` with "
             f'nb_backend_workers = 2, async_emails = "all", Redis queue (redis_server/redis_port/'
             f"redis_password), tracker DB {'PostgreSQL' if self.database else 'SQLite'}; other keys at "
             f"their defaults; extra keys: {extra}; changes through PATCH /api/artifacts/{{id}} "
