@@ -38,6 +38,7 @@ class Load:
     first: float = 0.0
     last: float = 0.0
     failed: int = 0
+    errors: dict[str, int] = field(default_factory=dict)  # failed enqueues by HTTP status or exception
 
 
 class Group:
@@ -289,9 +290,9 @@ class Herald(System):
             try:
                 r = local.client.patch(url + str(artifact), json={"values": {"description": f"bench {n}"}},
                                        headers=headers)  # fmt: skip
-                ok = r.status_code == 200
-            except httpx.TransportError:
-                ok = False
+                ok, why = r.status_code == 200, f"HTTP {r.status_code}"
+            except httpx.TransportError as e:
+                ok, why = False, type(e).__name__
             with lock:
                 if ok:
                     cs = r.json()["changeset_id"]
@@ -299,6 +300,7 @@ class Herald(System):
                     load.stamps[cs] = t
                 else:
                     load.failed += 1
+                    load.errors[why] = load.errors.get(why, 0) + 1
 
         t0 = time.monotonic()
         load.first = time.time()
