@@ -233,15 +233,32 @@ class SqlQueue(Queue):
                         self._next_sweep = now + _SWEEP_SECONDS
                     return self._next_due(conn, now)
         with self._tx() as conn:
+            # An expired lease first: its job was already under way, so it does not queue up again. Two
+            # statements rather than one with OR: each walks its own index and stops at the limit.
             rows = conn.execute(
                 select(t)
-                .where(claimable)
-                .order_by(case((t.c.state == CLAIMED, t.c.lease_until), else_=t.c.available_at), t.c.id)
+                .where(t.c.state == CLAIMED, t.c.lease_until <= now)
+                .order_by(t.c.lease_until)
                 .limit(max_jobs)
                 .with_for_update(skip_locked=True)
             ).all()
-            if sweep and len(rows) < max_jobs:  # a full batch may have left garbage behind: sweep again
-                self._next_sweep = now + _SWEEP_SECONDS
+            if len(rows) < max_jobs:
+                rows += conn.execute(
+                    select(t)
+                    .where(t.c.state == READY, t.c.available_at <= now)
+                    .order_by(t.c.available_at, t.c.id)
+                    .limit(max_jobs - len(rows))
+                    .with_for_update(skip_locked=True)
+                ).all()
+            if sweep and len(rows) < max_jobs:
+                room = max_jobs - len(rows)
+                query = select(t).where(t.c.state != DEAD, _corrupt(now, self._lease))
+                if rows:
+                    query = query.where(t.c.id.not_in([row.id for row in rows]))
+                swept = conn.execute(query.limit(room).with_for_update(skip_locked=True)).all()
+                rows += swept
+                if len(swept) < room:  # else garbage may be left: sweep again on the next claim
+                    self._next_sweep = now + _SWEEP_SECONDS
             if not rows:
                 return self._next_due(conn, now)
             jobs: list[Job] = []
