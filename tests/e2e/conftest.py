@@ -24,7 +24,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from herald.config import Settings, ensure_secrets, load_settings
-from herald.outbox import Notification, NotificationState
+from herald.outbox import Delivery, DeliveryStatus, Notification, NotificationState
 from herald.tracker.db import Database
 from herald.tracker.models import WorkerHeartbeat, utcnow
 from herald.web import create_app
@@ -172,6 +172,20 @@ class Stack:
     def tally(self) -> Tally:
         ids = [str(m.message()["Message-ID"]) for m in self.smtp.messages]
         return Tally(expected=3 * len(self.changesets), received=len(ids), unique=len(set(ids)))
+
+    def in_flight(self) -> int:
+        """Mails the server accepted whose delivery the ledger does not record as sent (yet): what a process
+        killed right now may have sent without recording it, the only mails a successor may send again."""
+        received = {(int(m.message()["X-Herald-Changeset-ID"]), m.rcpt_tos[0]) for m in self.smtp.messages}
+        with self.db.session() as s:
+            sent = set(
+                s.execute(
+                    select(Delivery.changeset_id, Delivery.address).where(
+                        Delivery.status == DeliveryStatus.SENT
+                    )
+                ).all()
+            )
+        return len(received - {(cs, a) for cs, a in sent})
 
     def duplicates(self) -> dict[str, int]:
         ids = Counter(str(m.message()["Message-ID"]) for m in self.smtp.messages)

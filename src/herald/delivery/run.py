@@ -170,7 +170,7 @@ class Deliverer:
         assert prepared is not None
         now = self.clock()
         planned = [(r.address, r.user_id, str(r.reason)) for r in prepared.recipients]
-        with self.db.engine.begin() as conn:
+        with self.db.write() as conn:
             attempt = lock.acquire(
                 conn, changeset_id, holder, self.lease_seconds, now=now, job_id=job_id, queued_at=queued_at
             )
@@ -209,7 +209,7 @@ class Deliverer:
         delay = self.policy.broken_run_delay(lease.attempts, self._rng)
         now = self.clock()
         try:
-            with self.db.engine.begin() as conn:
+            with self.db.write() as conn:
                 lock.finish(
                     conn,
                     lease,
@@ -409,7 +409,7 @@ class _Run:
     def _record(self, outcomes: Sequence[Outcome]) -> None:
         """Commit a batch's outcomes, fenced; raises :class:`_Fenced` if the lock was taken over."""
         now = self.d.clock()
-        with self.d.db.engine.begin() as conn:
+        with self.d.db.write() as conn:
             if not lock.guard(conn, self.lease, now):
                 raise _Fenced()
             ledger.record(conn, self.cs, outcomes, now)
@@ -417,7 +417,7 @@ class _Run:
     def _settle(self, outcomes: Sequence[Outcome]) -> DeliveryOutcome:
         now = self.d.clock()
         delay = 0.0
-        with self.d.db.engine.begin() as conn:
+        with self.d.db.write() as conn:
             if not lock.guard(conn, self.lease, now):
                 raise _Fenced()
             ledger.record(conn, self.cs, outcomes, now)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 __all__ = ["Database", "make_engine"]
@@ -54,6 +55,10 @@ class Database:
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = url
         self.engine = make_engine(url, echo=echo)
+        # SQLite has one writer at a time, and a connection that finds the lock taken sleeps in SQLite's
+        # busy handler (1 ms, then 2, 5, 10 ... up to 100 ms a try). Threads of one process queue on this
+        # lock instead, handed over at once; processes still meet at SQLite's lock, far less often.
+        self._write_lock = threading.RLock() if url.startswith("sqlite") else None
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
         self._read_engine = make_engine(url, echo=echo, reader=True) if url.startswith("sqlite") else None
         self._read_factory = sessionmaker(self._read_engine or self.engine, expire_on_commit=False)
@@ -64,6 +69,13 @@ class Database:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
+        if self._write_lock is not None:
+            with self._write_lock:
+                yield from self._session()
+        else:
+            yield from self._session()
+
+    def _session(self) -> Iterator[Session]:
         session = self._factory()
         try:
             yield session
@@ -73,6 +85,16 @@ class Database:
             raise
         finally:
             session.close()
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A Core write transaction: committed on success, rolled back on error."""
+        if self._write_lock is None:
+            with self.engine.begin() as conn:
+                yield conn
+            return
+        with self._write_lock, self.engine.begin() as conn:
+            yield conn
 
     @contextmanager
     def read(self) -> Iterator[Session]:

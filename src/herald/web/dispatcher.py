@@ -120,7 +120,7 @@ class QueuedMarks:
                 if not batch and self._closed:
                     return
             try:
-                with self._db.engine.begin() as conn:
+                with self._db.write() as conn:
                     records.mark_queued(conn, batch, recheck_after=self._recheck_after)
             except Exception as exc:  # the rows stay pending; the relay pushes them again, harmlessly
                 log.warning("could not mark %d pushed notification(s) as queued: %s", len(batch), exc)

@@ -108,7 +108,7 @@ class LeaseKeeper:
         held = self.leases.snapshot()
         if held:
             try:
-                with self.db.engine.begin() as conn:
+                with self.db.write() as conn:
                     lock.renew_all(conn, held, utcnow())
             except Exception as exc:
                 log.warning("could not renew %d notification lock(s): %s", len(held), exc)

@@ -78,7 +78,7 @@ class Relay:
     def run_once(self) -> RelayReport:
         """One pass. Raises QueueUnavailable (nothing was lost) when the queue cannot be reached."""
         now = self._clock()
-        with self.db.engine.begin() as session:
+        with self.db.write() as session:
             rows = records.relay_candidates(
                 session, now, pending_grace=PENDING_GRACE_SECONDS, due_slack=DUE_SLACK_SECONDS, limit=BATCH
             )
@@ -106,7 +106,7 @@ class Relay:
                 pushed.append(row)
         finally:
             if pushed:
-                with self.db.engine.begin() as session:
+                with self.db.write() as session:
                     records.mark_relayed(session, pushed, now=now, recheck_at=now + self._recheck)
                 for row in pushed:
                     log.info(
@@ -126,7 +126,7 @@ class Relay:
         if not letters:
             return 0
         marked = 0
-        with self.db.engine.begin() as session:
+        with self.db.write() as session:
             for letter in letters:
                 assert letter.changeset_id is not None
                 reason = f"job {letter.job_id} dead-lettered: {letter.reason}"

@@ -261,7 +261,7 @@ class Supervisor:
         except QueueError as exc:  # the lease is the fallback
             log.warning("could not hand back the jobs of worker-%d: %s", worker_id, exc)
         try:
-            with self.db.engine.begin() as conn:
+            with self.db.write() as conn:
                 locks = lock.release_holders(conn, f"{consumer}:{pid}:", utcnow())
         except Exception as exc:
             log.warning("could not release the notification locks of worker-%d: %s", worker_id, exc)
