@@ -32,6 +32,7 @@ __all__ = ["ModeFor", "create_artifact", "get_artifact", "mentioned_usernames", 
 
 ModeFor = Callable[[int], DispatchMode]
 MAX_USERS_PER_FIELD = 500
+MAX_MENTIONS = 100
 MENTION_RE = re.compile(r"(?<![\w.@/])@([a-z0-9][a-z0-9._-]{0,63})", re.IGNORECASE)
 
 
@@ -61,7 +62,8 @@ def create_artifact(
     tracker = get_tracker(session, tracker_id)
     project = tracker.project
     if not permissions.can_create_artifact(author, project):
-        raise PermissionDenied(f"{author.username} may not create artifacts in project {project.name!r}")
+        # Whoever may not create here may not read the project either: answer as for an unknown tracker.
+        raise NotFound(f"tracker {tracker_id} does not exist")
     new_values = _normalize_values(session, tracker, author, values)
     for field in tracker.fields:
         if field.required and new_values.get(field.name) is None:
@@ -101,9 +103,11 @@ def update_artifact(
     if expected_version is not None and validate.integer(expected_version, "version") != artifact.version:
         raise Conflict(f"artifact {artifact_id} is at version {artifact.version}, not {expected_version}")
     values = {} if values is None else values
-    new_values = _normalize_values(session, tracker, author, values)
-    if new_values and not permissions.can_update_fields(author, project):
+    # The right to change fields is checked before any value: a value's error ("user 'x' is suspended")
+    # must not tell a non-member what they could not otherwise learn.
+    if values and not permissions.can_update_fields(author, project):
         raise PermissionDenied(f"{author.username} may not change fields in project {project.name!r}")
+    new_values = _normalize_values(session, tracker, author, values)
     for name, value in new_values.items():
         field = tracker.field_by_name(name)
         if field is not None and field.required and value is None:
@@ -166,7 +170,12 @@ def _record(
 
 
 def _mentions(session: Session, comment: str) -> list[int]:
-    names = mentioned_usernames(comment)[:100]
+    names = mentioned_usernames(comment)
+    if len(names) > MAX_MENTIONS:
+        raise InvalidInput(
+            f"comment @mentions {len(names)} users; at most {MAX_MENTIONS} may be mentioned in one comment",
+            "comment",
+        )
     if not names:
         return []
     rows = session.execute(select(User.id, User.username).where(User.username.in_(names))).all()
@@ -187,15 +196,19 @@ def _normalize_values(session: Session, tracker: Tracker, author: User, values: 
     """Validate ``{field name: value}`` and return it with each value in its stored form."""
     if not isinstance(values, dict):
         raise InvalidInput("values must be an object of field name to value", "values")
-    out: dict[str, Any] = {}
-    for name, value in values.items():
+    fields: dict[str, Field] = {}
+    # Every field's right first, then the values: no value is looked at for a field one may not set.
+    for name in values:
         field = tracker.field_by_name(name) if isinstance(name, str) else None
         if field is None:
             raise InvalidInput(f"tracker {tracker.name!r} has no field {name!r}", f"values.{name}")
         if not permissions.can_write_field(author, field, tracker.project):
             raise PermissionDenied(f"{author.username} may not set field {name!r}")
-        out[name] = None if value is None else _normalize(session, field, value)
-    return out
+        fields[name] = field
+    return {
+        name: None if value is None else _normalize(session, fields[name], value)
+        for name, value in values.items()
+    }
 
 
 def _normalize(session: Session, field: Field, value: Any) -> Any:

@@ -5,8 +5,17 @@ from __future__ import annotations
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
+from herald.tracker import permissions
 from herald.tracker.artifacts import get_artifact
-from herald.tracker.models import ArtifactSubscription, SubscriptionState, TrackerUnsubscription, User, utcnow
+from herald.tracker.errors import NotFound
+from herald.tracker.models import (
+    ArtifactSubscription,
+    SubscriptionState,
+    Tracker,
+    TrackerUnsubscription,
+    User,
+    utcnow,
+)
 from herald.tracker.trackers import get_tracker
 
 __all__ = ["clear_subscription", "follow", "resubscribe_tracker", "unsubscribe", "unsubscribe_tracker"]
@@ -43,14 +52,25 @@ def clear_subscription(session: Session, artifact_id: int, user: User) -> None:
     )
 
 
+def _readable_tracker(session: Session, tracker_id: int, user: User) -> Tracker:
+    """The tracker if ``user`` may read its project; NotFound otherwise, exactly as for an unknown id."""
+    tracker = get_tracker(session, tracker_id)
+    if not permissions.can_read_artifact(user, tracker.project):
+        raise NotFound(f"tracker {tracker_id} does not exist")
+    return tracker
+
+
 def unsubscribe_tracker(session: Session, tracker_id: int, user: User) -> None:
-    get_tracker(session, tracker_id)
+    """Hear nothing more of the tracker's artifacts, except when @mentioned."""
+    _readable_tracker(session, tracker_id, user)
     if session.get(TrackerUnsubscription, (tracker_id, user.id)) is None:
         session.add(TrackerUnsubscription(tracker_id=tracker_id, user_id=user.id))
         session.flush()
 
 
 def resubscribe_tracker(session: Session, tracker_id: int, user: User) -> None:
+    """Undo :func:`unsubscribe_tracker`: back to the default for the tracker's artifacts."""
+    _readable_tracker(session, tracker_id, user)
     session.execute(
         delete(TrackerUnsubscription).where(
             TrackerUnsubscription.tracker_id == tracker_id, TrackerUnsubscription.user_id == user.id

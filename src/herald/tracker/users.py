@@ -11,9 +11,17 @@ from sqlalchemy.orm import Session
 
 from herald.tracker import validate
 from herald.tracker.errors import Conflict, InvalidInput, NotFound
-from herald.tracker.models import Language, MailFormat, User, UserStatus
+from herald.tracker.models import GlobalNotification, Language, MailFormat, User, UserStatus
 
-__all__ = ["authenticate", "create_user", "get_user", "hash_token", "resolve_user", "update_user"]
+__all__ = [
+    "authenticate",
+    "check_email_is_free",
+    "create_user",
+    "get_user",
+    "hash_token",
+    "resolve_user",
+    "update_user",
+]
 
 _EDITABLE = {"real_name", "email", "language", "timezone", "mail_format", "notify_own_changes", "status"}
 
@@ -62,13 +70,36 @@ def create_user(session: Session, *, username: str, email: str, **attrs: Any) ->
 
 
 def update_user(session: Session, user_id: int, changes: dict[str, Any]) -> User:
+    """Change a user's attributes. A new email must not be another identity's (see
+    :func:`check_email_is_free`): herald does not verify addresses, so it refuses to let one be taken."""
     user = get_user(session, user_id)
     unknown = set(changes) - _EDITABLE
     if unknown:
         raise InvalidInput(f"unknown user attribute(s): {', '.join(sorted(unknown))}")
+    new_email = changes.get("email")
+    if isinstance(new_email, str) and new_email.lower() != user.email.lower():
+        check_email_is_free(session, validate.email(new_email), user.id)
     _apply(user, changes)
     session.flush()
     return user
+
+
+def check_email_is_free(session: Session, address: str, user_id: int | None = None) -> None:
+    """Raise Conflict if ``address`` (case-insensitively) is another user's email or on a global list.
+
+    A list address is visible to every reader of the project; were a user able to make it their own, the
+    mail of that list would follow their preferences (issue 9, defect 2). Another user's address would
+    hand over that user's notifications.
+    """
+    key = address.lower()
+    other = session.scalar(select(User.id).where(func.lower(User.email) == key, User.id != (user_id or 0)))
+    if other is not None:
+        raise Conflict(f"email {address!r} belongs to another user: choose an address of your own")
+    for addresses in session.scalars(select(GlobalNotification.addresses)):
+        if key in {a.lower() for a in addresses or ()}:
+            raise Conflict(
+                f"email {address!r} is a tracker's notification list: choose an address of your own"
+            )
 
 
 def get_user(session: Session, user_id: int) -> User:

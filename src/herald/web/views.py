@@ -102,7 +102,10 @@ def artifact_view(artifact: Artifact, viewer: User | None, *, with_history: bool
         "values": values,
     }
     if with_history:
-        view["changesets"] = [changeset_view(cs, viewer, field_ok, project) for cs in artifact.changesets]
+        views = (changeset_view(cs, viewer, field_ok, project) for cs in artifact.changesets)
+        # As in mail: a changeset of which the viewer can read nothing (no readable change, no readable
+        # comment) is not shown at all, not even its author and time. The creation always is.
+        view["changesets"] = [v for v in views if v["is_creation"] or v["changes"] or v["comment"]]
     return view
 
 
