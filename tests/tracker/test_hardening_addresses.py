@@ -63,3 +63,10 @@ def test_an_unmailable_address_already_stored_is_logged_with_the_reason(caplog):
     assert [s.address for s in chosen] == ["ok@example.org"]
     (record,) = [r for r in caplog.records if "not mailed" in r.getMessage()]
     assert "list..x@example.org" in record.getMessage() and "two dots" in record.getMessage()
+
+
+def test_unknown_keys_in_a_spec_get_a_hint():
+    with pytest.raises(InvalidInput) as err:
+        validate.mapping({"semantic": {}, "nme": "x"}, "tracker", {"name", "semantics"})
+    assert "'nme' (did you mean 'name'?)" in err.value.message
+    assert "'semantic' (did you mean 'semantics'?)" in err.value.message

@@ -20,7 +20,7 @@ from herald.tracker.models import (
 from herald.tracker.projects import get_project
 from herald.tracker.users import resolve_user
 
-__all__ = ["create_tracker", "get_tracker", "set_notifications"]
+__all__ = ["create_tracker", "get_tracker", "infer_semantic", "semantics_notes", "set_notifications"]
 
 MAX_FIELDS = 100
 MAX_OPTIONS = 200
@@ -115,9 +115,12 @@ def _semantics(tracker: Tracker, raw: Any) -> None:
             raise InvalidInput(f"semantics.{key} must be a {allowed} field", f"semantics.{key}")
         return field
 
-    title = pick("title", (FieldType.STRING,))
-    status = pick("status", (FieldType.SELECT,))
-    assigned = pick("assigned_to", (FieldType.USER, FieldType.USERS))
+    def pick_or_infer(key: str, types: tuple[FieldType, ...]) -> Field | None:
+        return pick(key, types) if key in raw else infer_semantic(tracker, key)
+
+    title = pick_or_infer("title", _SEMANTIC_TYPES["title"])
+    status = pick_or_infer("status", _SEMANTIC_TYPES["status"])
+    assigned = pick_or_infer("assigned_to", _SEMANTIC_TYPES["assigned_to"])
     tracker.title_field_id = title.id if title else None
     tracker.status_field_id = status.id if status else None
     tracker.assigned_to_field_id = assigned.id if assigned else None
@@ -131,6 +134,55 @@ def _semantics(tracker: Tracker, raw: Any) -> None:
             "semantics.open_values must list values of the status field", "semantics.open_values"
         )
     tracker.open_values = list(open_values)
+
+
+_SEMANTIC_TYPES: dict[str, tuple[FieldType, ...]] = {
+    "title": (FieldType.STRING,),
+    "status": (FieldType.SELECT,),
+    "assigned_to": (FieldType.USER, FieldType.USERS),
+}
+# The names trackers give these fields. A semantic left out of a spec is taken from a field of the right
+# type with one of these names when exactly one field qualifies; never guessed otherwise.
+_CONVENTIONAL_NAMES = {
+    "title": frozenset({"title", "summary", "subject", "name"}),
+    "status": frozenset({"status", "state"}),
+    "assigned_to": frozenset({"assigned_to", "assignee", "assigned", "owner"}),
+}
+_UNSET_CONSEQUENCE = {
+    "title": "mail subjects read '[{item} #N]' with no title",
+    "status": "status_change_only notifies nothing and no value counts as open",
+    "assigned_to": "users in user fields are told as 'cc', never 'assigned'",
+}
+
+
+def infer_semantic(tracker: Tracker, key: str) -> Field | None:
+    """The field that ``semantics.<key>`` means when a spec leaves it out, if that is unambiguous: the one
+    field of the right type with a conventional name, or for the title the tracker's only string field."""
+    typed = [f for f in tracker.fields if f.type in _SEMANTIC_TYPES[key]]
+    named = [f for f in typed if f.name in _CONVENTIONAL_NAMES[key]]
+    if len(named) == 1:
+        return named[0]
+    if key == "title" and len(typed) == 1 and not named:
+        return typed[0]
+    return None
+
+
+def semantics_notes(tracker: Tracker, spec: Any) -> list[str]:
+    """What a client should know of the tracker's semantics after :func:`create_tracker`: each semantic
+    inferred (it was not in the spec) and each left unset, with what follows from it."""
+    given = spec.get("semantics", {}) if isinstance(spec, dict) else {}
+    given = given if isinstance(given, dict) else {}
+    ids = {"title": tracker.title_field_id, "status": tracker.status_field_id}
+    ids["assigned_to"] = tracker.assigned_to_field_id
+    notes = []
+    for key, field_id in ids.items():
+        field = tracker.field_by_id(field_id) if field_id else None
+        if field is not None and key not in given:
+            notes.append(f"semantics.{key} inferred: field {field.name!r}")
+        elif field is None:
+            consequence = _UNSET_CONSEQUENCE[key].format(item=tracker.item_name)
+            notes.append(f"semantics.{key} is not set: {consequence}")
+    return notes
 
 
 def set_notifications(session: Session, tracker: Tracker, raw: Any) -> None:

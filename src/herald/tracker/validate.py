@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from datetime import date
@@ -156,9 +157,15 @@ def mapping(value: Any, what: str, allowed: set[str], required: set[str] = froze
     """A JSON object with only the allowed keys and every required one."""
     if not isinstance(value, dict):
         raise InvalidInput(f"{what} must be an object", what)
-    unknown = sorted(set(value) - allowed)
+    unknown = sorted(map(str, set(value) - allowed))
     if unknown:
-        raise InvalidInput(f"{what} has unknown key(s): {', '.join(map(str, unknown))}", what)
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, sorted(allowed), n=1)
+            hints.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+        raise InvalidInput(
+            f"{what} has unknown key(s): {', '.join(hints)}; known keys: {', '.join(sorted(allowed))}", what
+        )
     missing = sorted(required - set(value))
     if missing:
         raise InvalidInput(f"{what} is missing: {', '.join(missing)}", what)

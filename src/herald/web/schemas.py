@@ -104,4 +104,14 @@ class ArtifactUpdate(ArtifactCreate):
 
 
 class SubscriptionChange(Strict):
-    state: Literal["following", "unsubscribed"]
+    """An artifact subscription: ``default`` (told when another reason applies), ``following`` (told of
+    every change) or ``unsubscribed`` (told nothing, except when @mentioned)."""
+
+    state: Literal["default", "following", "unsubscribed"]
+
+
+class TrackerSubscriptionChange(Strict):
+    """A tracker subscription: ``unsubscribed`` (told nothing of its artifacts, except when @mentioned)
+    or ``default``; ``following`` is the 0.1 spelling of ``default`` and means the same."""
+
+    state: Literal["default", "unsubscribed", "following"]
