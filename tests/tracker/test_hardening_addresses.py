@@ -70,3 +70,25 @@ def test_unknown_keys_in_a_spec_get_a_hint():
         validate.mapping({"semantic": {}, "nme": "x"}, "tracker", {"name", "semantics"})
     assert "'nme' (did you mean 'name'?)" in err.value.message
     assert "'semantic' (did you mean 'semantics'?)" in err.value.message
+
+
+def test_a_tracker_spec_reports_every_problem_at_once(sqlite_db, world):
+    from herald.tracker.trackers import create_tracker
+
+    spec = {
+        "project_id": world.public.id,
+        "name": "tasks",
+        "fields": [
+            {"name": "x", "type": "blob"},
+            {"name": "ok", "type": "string"},
+            {"name": "s", "type": "select"},
+        ],
+        "notifications": {"mode": "sometimes", "lists": [{"addresses": ["a..b@example.org"]}]},
+    }
+    with pytest.raises(InvalidInput) as err, sqlite_db.session() as s:
+        create_tracker(s, spec)
+    message = err.value.message
+    assert message.startswith("4 problems: ")
+    for fragment in ("fields[0].type", "fields[2].options", "notifications.mode", "lists[0].addresses[0]"):
+        assert fragment in message, fragment
+    assert err.value.field == "fields[0].type"
