@@ -26,12 +26,15 @@ __all__ = [
     "DispatchMode",
     "RateLimit",
     "Settings",
+    "check_secrets",
     "configured_keys",
     "ensure_secrets",
     "load_settings",
     "parse_async_emails",
     "parse_duration",
     "parse_rate_limit",
+    "secret_problems",
+    "secure_data_dir",
 ]
 
 ENV_PREFIX = "HERALD_"
@@ -568,13 +571,60 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+MIN_SECRET_LENGTH = 32
+_CHECKED_SECRETS = ("admin_token", "secret_key")
+
+
+def secret_problems(settings: Settings) -> list[str]:
+    """What is wrong with the admin token and the secret key, one line each (empty: nothing).
+
+    A short admin token can be guessed over HTTP; a short secret key lets anyone forge unsubscribe links
+    and admin session cookies. Generated secrets are 43 characters.
+    """
+    problems = []
+    for key in _CHECKED_SECRETS:
+        value = getattr(settings, key)
+        if value is not None and len(value) < MIN_SECRET_LENGTH:
+            problems.append(
+                f"{key} is {len(value)} characters, fewer than {MIN_SECRET_LENGTH}: set a longer one "
+                f"(e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))') or remove it to have "
+                f"one generated into data_dir"
+            )
+    return problems
+
+
+def check_secrets(settings: Settings) -> Settings:
+    """Raise :class:`ConfigError` naming each secret that is too weak; return ``settings`` otherwise."""
+    problems = secret_problems(settings)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return settings
+
+
+PRIVATE_UMASK = 0o077
+
+
+def secure_data_dir(settings: Settings) -> None:
+    """Make every file herald creates from now on private to its user, and create ``data_dir`` and
+    ``log_dir`` mode 0700.
+
+    The database, the logs and the Maildir hold private comments and unsubscribe tokens, so they are
+    0600 in a 0700 directory (the umask covers SQLite, log and mailbox files alike). A directory that
+    already exists keeps its mode, which is the operator's to choose; ``herald doctor`` warns if others
+    can read it. Call once at process start, before anything opens a file (the CLI does).
+    """
+    os.umask(PRIVATE_UMASK)
+    for path in (settings.data_dir, settings.log_dir):
+        Path(path).mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
 def _secret_file(path: Path) -> str:
     """Read a generated secret, creating it (mode 0600) on first start; safe if two processes race."""
     try:
         return path.read_text().strip()
     except FileNotFoundError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -587,10 +637,11 @@ def _secret_file(path: Path) -> str:
 
 
 def ensure_secrets(settings: Settings) -> Settings:
-    """Fill ``admin_token`` and ``secret_key`` from ``data_dir`` (generated there on first start)."""
+    """Fill ``admin_token`` and ``secret_key`` from ``data_dir`` (generated there on first start), then
+    refuse either if it is weak (:func:`check_secrets`): a :class:`ConfigError` names the key."""
     changes: dict[str, str] = {}
     if not settings.admin_token:
         changes["admin_token"] = _secret_file(settings.data_dir / "admin_token")
     if not settings.secret_key:
         changes["secret_key"] = _secret_file(settings.data_dir / "secret_key")
-    return dataclasses.replace(settings, **changes) if changes else settings
+    return check_secrets(dataclasses.replace(settings, **changes) if changes else settings)

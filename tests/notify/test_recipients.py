@@ -98,14 +98,19 @@ class TestRemovals:
         (only,) = recipients.values()
         assert (only.user_id, only.reason) == (s.users["bob2"], "assigned")
 
-    def test_list_address_of_a_user_is_that_user(self, world):
+    def test_list_address_of_a_user_is_still_a_list(self, world):
+        # Issue 9, defect 2: a user's state or preferences never silence a global list address.
         s = world.scene
         tasks = s.tracker(
             world.demo, name="tasks", lists=[{"addresses": ["ALICE@example.org", "bob@example.org"]}]
         )
         s.suspend("bob")
-        cs = s.create("alice", tasks)  # alice is the author, bob is suspended: no one left
-        assert s.reasons(cs) == {}
+        cs = s.create("alice", tasks)  # alice is the author, bob is suspended: the list still hears
+        recipients = s.recipients(cs)
+        assert {a: (r.user_id, r.reason) for a, r in recipients.items()} == {
+            "alice@example.org": (None, "list"),
+            "bob@example.org": (None, "list"),
+        }
 
     def test_author_is_not_told_of_own_changes(self, world):
         cs, _ = _bug(world, assigned_to="alice")

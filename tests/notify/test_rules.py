@@ -151,10 +151,21 @@ class TestRemovals:
         result = select_recipients(f)
         assert [(s.user_id, s.reason) for s in result] == [(MEMBER, Reason.ASSIGNED)]
 
-    def test_bare_address_of_a_registered_user_is_that_user(self):
-        glist = GlobalList(addresses=frozenset({"U1@example.org"}))  # the author's own address
+    def test_bare_address_of_a_registered_user_is_never_silenced_by_that_user(self):
+        # Issue 9, defect 2: the author's own address on a list, the author not asking for own changes.
+        glist = GlobalList(addresses=frozenset({"U1@example.org"}))
         f = facts(lists=(glist,), address_owners={"u1@example.org": frozenset({AUTHOR})})
-        assert chosen(f) == {}
+        assert [(s.address, s.user_id, s.reason) for s in select_recipients(f)] == [
+            ("U1@example.org", None, Reason.LIST)
+        ]
+        unsubscribed = replace(f, author_id=OTHER, unsubscribed_ids=frozenset({AUTHOR}))
+        assert [s.user_id for s in select_recipients(unsubscribed)] == [None]
+
+    def test_owner_of_a_list_address_reads_it_with_their_own_grants(self):
+        glist = GlobalList(addresses=frozenset({"u3@example.org"}))  # MEMBER's address
+        f = facts(lists=(glist,), address_owners={"u3@example.org": frozenset({MEMBER})})
+        (sel,) = select_recipients(f)
+        assert (sel.user_id, sel.reason) == (MEMBER, Reason.LIST)
 
     def test_private_project_non_members_whatever_the_source(self):
         everyone = frozenset(PEOPLE)
@@ -318,8 +329,27 @@ def test_author_absent_unless_opted_in_and_suspended_never(f: ChangeFacts):
         p = f.people[sel.user_id]
         assert p.active
         assert sel.user_id != f.author_id or p.notify_own_changes
-        # A bare address owned by a user is never mailed as anonymous.
-        assert sel.address.lower() not in f.address_owners or sel.user_id is not None
+
+
+@settings(max_examples=100, deadline=None)
+@given(change_facts())
+def test_no_user_preference_silences_a_list_address(f: ChangeFacts):
+    """Issue 9, defect 2: every applicable list address an anonymous reader could be told about is mailed,
+    whoever owns it and whatever they chose."""
+    if f.mode is not NotificationMode.ALL_UPDATES or not f.project_public:
+        return
+    mailed = {s.address.lower() for s in select_recipients(f)}
+    for g in f.lists:
+        if not (g.on_updates or f.is_creation):
+            continue
+        readable = {fid for fid, p in f.field_permissions.items() if p is ReadPermission.ALL}
+        if not g.check_permissions:
+            readable = set(f.field_permissions)
+        if not (readable & f.changed_field_ids or (f.has_comment and not f.comment_private)):
+            continue
+        for address in g.addresses:
+            if address != "bad address":
+                assert address.lower() in mailed
 
 
 @settings(max_examples=100, deadline=None)

@@ -58,7 +58,7 @@ def test_body_text_keeps_lines_and_drops_controls():
 
 @pytest.mark.parametrize(
     "address",
-    ["jane@example.org", "J.Doe+tag@sub.example.co.uk", "o'hara@example.org", "root@localhost"],
+    ["jane@example.org", "J.Doe+tag@sub.example.co.uk", "o'hara@example.org"],
 )
 def test_safe_addresses(address):
     assert sanitize.is_safe_address(address)
@@ -76,6 +76,7 @@ def test_safe_addresses(address):
         "=?utf-8?q?x?=@example.org",
         "jane@-example.org",
         "jane..doe@example.org",
+        "root@localhost",  # one grammar with the API's input check: a dotted domain
         "@example.org",
         "jane@",
         "",

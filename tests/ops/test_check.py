@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -147,6 +148,9 @@ def test_doctor_flags_an_unhardened_redis(tmp_path):
 def test_doctor_on_embedded_defaults_is_clean(tmp_path):
     settings = _settings(tmp_path)
     make_database(settings.database_url).dispose()
+    # What secure_data_dir (called by the CLI at start) leaves; doctor warns about anything wider.
+    os.chmod(tmp_path, 0o700)
+    os.chmod(settings.sqlite_path, 0o600)
     report = diagnose(settings)
     assert report.exit_code == 0, report
     assert any("built-in mailbox" in line for line in report.ok)

@@ -81,10 +81,20 @@ class MailContext:
 
 @dataclass(frozen=True)
 class UnsubscribeLinks:
-    """A recipient's one-click (https) and mailto unsubscribe links."""
+    """A recipient's one-click (https) unsubscribe link.
+
+    ``mailto`` is kept for callers that still read it but is not advertised: herald has no inbound mail
+    to act on it, and a link that goes nowhere is worse than none (issue 9, defect 12). The https link
+    is the RFC 8058 One-Click one that ``List-Unsubscribe-Post`` names.
+    """
 
     url: str
     mailto: str
+
+    @property
+    def header_value(self) -> str:
+        """The ``List-Unsubscribe`` value: the https link only."""
+        return f"<{self.url}>"
 
     @classmethod
     def make(cls, secret: str, user_id: int, mc: MailContext) -> UnsubscribeLinks:
@@ -178,7 +188,7 @@ class MessageBuilder:
         for header in self._thread:
             msg[header.name] = header
         if unsubscribe is not None:
-            msg["List-Unsubscribe"] = f"<{unsubscribe.url}>, <{unsubscribe.mailto}>"
+            msg["List-Unsubscribe"] = unsubscribe.header_value
             msg["List-Unsubscribe-Post"] = self._post
         for header in self._tail:
             msg[header.name] = header

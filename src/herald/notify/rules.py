@@ -10,8 +10,9 @@ Then, in this order:
 
 1. tracker mode: ``stopped`` notifies no one, ``creation_only`` no update, ``status_change_only`` only
    changesets that change the status field (a creation that sets the status counts);
-2. a bare address on a list that belongs to registered users is treated as those users, so their suspension,
-   unsubscription, preferences and "not my own changes" apply to it too;
+2. a bare address on a list that belongs to registered users brings those users in, with their own grants;
+   the address also stays a list recipient of its own (an anonymous reader), so a user's preference
+   (unsubscription, suspension, "not my own changes") never silences a global list (issue 9, defect 2);
 3. per candidate: suspended users go; the author goes unless they asked for their own changes; a user who
    unsubscribed from the artifact or the tracker keeps only an @mention;
 4. access: who cannot read the artifact goes, whatever brought them (a list with ``check_permissions =
@@ -19,7 +20,8 @@ Then, in this order:
    projects only, ``all`` fields only, public comments only); who can read nothing of this changeset (no
    readable changed field, no readable comment) goes; a user field counts only for those who may read it
    and a mention only for those who may read the comment, so that the reason itself reveals nothing;
-5. addresses that are not one plain ASCII mailbox go (they could not be put in a header safely);
+5. addresses that are not one plain ASCII mailbox go (they could not be put in a header safely), each with
+   a warning in the log naming the reason;
 6. one mail per address (case-insensitive): the strongest reason wins, then a registered user over an
    anonymous address, then the lowest user id.
 
@@ -30,11 +32,14 @@ Grants add up: a user brought by several sources reads with the widest of their 
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from herald.notify.sanitize import address_key, is_safe_address
+from herald.notify import sanitize
+from herald.notify.sanitize import address_key
 from herald.tracker.models import NotificationMode, ReadPermission, Role
+from herald.tracker.validate import address_problem
 
 __all__ = [
     "REASON_ORDER",
@@ -47,6 +52,9 @@ __all__ = [
     "field_readable",
     "select_recipients",
 ]
+
+
+log = logging.getLogger("herald.notify")
 
 
 class Reason(enum.StrEnum):
@@ -186,12 +194,12 @@ def _candidates(facts: ChangeFacts) -> tuple[dict[int, set[_Source]], dict[str, 
         add(glist.user_ids, source)
         for address in glist.addresses:
             key = address_key(address)
-            owners = facts.address_owners.get(key)
-            if owners:
-                add(owners, source)
-            else:
-                bare.setdefault(key, set()).add(source)
-                bare_address.setdefault(key, address)
+            # The owners read the list's mail with their own grants; the address itself stays a list
+            # recipient, so that no owner's preference (unsubscribed, suspended, "not my own changes")
+            # silences it. When an owner is chosen, the one-per-address rule keeps theirs.
+            add(facts.address_owners.get(key, ()), source)
+            bare.setdefault(key, set()).add(source)
+            bare_address.setdefault(key, address)
     return users, {bare_address[k]: v for k, v in bare.items()}
 
 
@@ -266,7 +274,25 @@ def select_recipients(facts: ChangeFacts) -> list[Selection]:
         if access is None or not _readable_change(facts, access):
             continue
         chosen.append(Selection(address, None, _strongest(sources), access))
-    return _one_per_address(s for s in chosen if is_safe_address(s.address))
+    return _one_per_address(_mailable(chosen))
+
+
+def _mailable(selections: list[Selection]) -> list[Selection]:
+    """The selections whose address can be mailed. The API refuses such addresses, so one here was stored
+    before that check (or by hand): it is logged with the reason, never dropped silently."""
+    kept = []
+    for sel in selections:
+        problem = address_problem(sel.address)
+        if problem is None:
+            kept.append(sel)
+        else:
+            log.warning(
+                "recipient not mailed: address %r of %s %s",
+                sanitize.header_text(sel.address, 254),
+                f"user_id={sel.user_id}" if sel.user_id is not None else "a global list",
+                problem,
+            )
+    return kept
 
 
 def _one_per_address(selections: Iterable[Selection]) -> list[Selection]:

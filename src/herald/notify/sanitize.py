@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from herald.tracker import validate
+
 __all__ = [
     "DISPLAY_NAME_MAX",
     "HEADER_MAX",
@@ -120,21 +122,13 @@ def body_text(value: object, max_len: int = BODY_MAX) -> str:
     return _bound(text, max_len)
 
 
-# A plain ASCII addr-spec: dot-atom local part, a domain of letter/digit/hyphen labels. Quoted local parts,
-# address literals and internationalized addresses are refused: they need quoting or SMTPUTF8 that this
-# sender does not negotiate, and every refusal here is one less way to smuggle text into a header.
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_ADDRESS_RE = re.compile(rf"{_ATEXT}{{1,64}}(?:\.{_ATEXT}{{1,64}})*@{_LABEL}(?:\.{_LABEL})*", re.ASCII)
-
-
 def is_safe_address(address: object) -> bool:
-    """True if ``address`` is one plain ASCII mailbox that can go into a header as is."""
-    if not isinstance(address, str) or not 3 <= len(address) <= 254:
-        return False
-    if "=?" in address or not _ADDRESS_RE.fullmatch(address):
-        return False
-    return len(address.rsplit("@", 1)[0]) <= 64
+    """True if ``address`` is one plain ASCII mailbox that can go into a header as is.
+
+    The very grammar the tracker validates input with (:func:`herald.tracker.validate.address_problem`),
+    so an address the API accepted is never one the notifier refuses.
+    """
+    return validate.is_mailable_address(address)
 
 
 def address_key(address: str) -> str:

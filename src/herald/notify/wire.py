@@ -116,7 +116,7 @@ class WireBuilder:
             self._thread,
         ]
         if unsubscribe is not None:
-            head.append(_fold("List-Unsubscribe", f"<{unsubscribe.url}>, <{unsubscribe.mailto}>"))
+            head.append(_fold("List-Unsubscribe", unsubscribe.header_value))
             head.append(self._post)
         head.append(self._tail)
         head.append(_fold("X-Herald-Reason", sanitize.label(reason)))

@@ -6,10 +6,11 @@ from __future__ import annotations
 import os
 import smtplib
 import ssl
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from herald.config import Settings
+from herald.config import Settings, secret_problems
 from herald.queue import QueueError, make_queue
 from herald.tracker.db import Database
 from herald.tracker.schema import current_revision, head_revision
@@ -28,7 +29,9 @@ class DoctorReport:
 
 def diagnose(settings: Settings) -> DoctorReport:
     report = DoctorReport()
+    _secrets(settings, report)
     _directories(settings, report)
+    _file_modes(settings, report)
     _database(settings, report)
     _queue(settings, report)
     _smtp(settings, report)
@@ -45,6 +48,47 @@ def _directories(settings: Settings, report: DoctorReport) -> None:
             report.ok.append(f"{name} {path} is writable")
         else:
             report.errors.append(f"{name} {path} is not writable by this user")
+
+
+def _secrets(settings: Settings, report: DoctorReport) -> None:
+    # Settings that did not go through ensure_secrets (which refuses them) may still carry weak secrets:
+    # a short admin token can be guessed, a short secret key lets anyone forge unsubscribe links.
+    problems = secret_problems(settings)
+    report.errors.extend(problems)
+    if not problems:
+        report.ok.append("admin_token and secret_key are long enough (or generated)")
+
+
+# What in data_dir holds private data: the database, the logs, the Maildir, the generated secrets.
+_PRIVATE_FILES = ("herald.db", "admin_token", "secret_key")
+
+
+def _file_modes(settings: Settings, report: DoctorReport) -> None:
+    """Warn about anything in data_dir or log_dir that others than its owner may read."""
+    exposed: list[str] = []
+    for root in {Path(settings.data_dir), Path(settings.log_dir)}:
+        if not root.is_dir():
+            continue
+        paths = [root]
+        paths += [root / name for name in _PRIVATE_FILES]
+        paths += list(root.glob("*.log*"))
+        if Path(settings.mailbox_dir).is_dir() and Path(settings.mailbox_dir).is_relative_to(root):
+            paths.append(Path(settings.mailbox_dir))
+        for path in paths:
+            try:
+                mode = stat.S_IMODE(path.lstat().st_mode)
+            except FileNotFoundError:
+                continue
+            if mode & 0o077:
+                exposed.append(f"{path} ({mode:o})")
+    if exposed:
+        report.warnings.append(
+            "readable by other users (private comments, unsubscribe tokens): "
+            + ", ".join(sorted(set(exposed))[:10])
+            + ": chmod 0700 the directories and 0600 the files"
+        )
+    else:
+        report.ok.append("data_dir and log_dir are private to this user")
 
 
 def _database(settings: Settings, report: DoctorReport) -> None:

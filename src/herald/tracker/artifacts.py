@@ -17,11 +17,16 @@ from herald.tracker.models import Artifact, Changeset, Field, FieldChange, Field
 from herald.tracker.trackers import get_tracker
 from herald.tracker.users import resolve_user
 
-__all__ = ["create_artifact", "get_artifact", "mentioned_usernames", "update_artifact"]
+__all__ = ["NothingChanged", "create_artifact", "get_artifact", "mentioned_usernames", "update_artifact"]
 
 MAX_USERS_PER_FIELD = 500
 MAX_MENTIONS = 100
 MENTION_RE = re.compile(r"(?<![\w.@/])@([a-z0-9][a-z0-9._-]{0,63})", re.IGNORECASE)
+
+
+class NothingChanged(InvalidInput):
+    """An update whose values equal the current ones and that has no comment: no changeset is written.
+    The HTTP API answers it 200 (an idempotent PUT-like PATCH); other callers may treat it as an error."""
 
 
 def mentioned_usernames(comment: str) -> list[str]:
@@ -97,7 +102,7 @@ def update_artifact(
     current = {f.name: artifact.value_of(f.id) for f in tracker.fields}
     changes = _diff(tracker, current, {**current, **new_values})
     if not changes and not (comment and comment.strip()):
-        raise InvalidInput("the update changes nothing: give new field values or a comment")
+        raise NothingChanged("the update changes nothing: give new field values or a comment")
     merged = dict(artifact.values)
     for field, _old, new in changes:
         if new is None:

@@ -1,4 +1,13 @@
-"""Subscriptions: follow or unsubscribe from an artifact, unsubscribe from (or return to) a whole tracker."""
+"""Subscriptions: follow or unsubscribe from an artifact, unsubscribe from (or return to) a whole tracker.
+
+The states, as the API names them (:data:`ARTIFACT_STATES`, :data:`TRACKER_STATES`):
+
+- artifact ``default``: told when another reason applies (assigned, submitter, cc, commented, a list...);
+- artifact ``following``: told of every change, even without another reason;
+- artifact ``unsubscribed``: told nothing more of it, except when @mentioned;
+- tracker ``default``: the artifact states above apply; tracker ``unsubscribed``: told nothing of any of
+  its artifacts, except when @mentioned.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from herald.tracker import permissions
 from herald.tracker.artifacts import get_artifact
-from herald.tracker.errors import NotFound
+from herald.tracker.errors import InvalidInput, NotFound
 from herald.tracker.models import (
     ArtifactSubscription,
     SubscriptionState,
@@ -18,7 +27,29 @@ from herald.tracker.models import (
 )
 from herald.tracker.trackers import get_tracker
 
-__all__ = ["clear_subscription", "follow", "resubscribe_tracker", "unsubscribe", "unsubscribe_tracker"]
+__all__ = [
+    "ARTIFACT_STATES",
+    "TRACKER_STATES",
+    "artifact_state",
+    "clear_subscription",
+    "follow",
+    "resubscribe_tracker",
+    "set_artifact_state",
+    "set_tracker_state",
+    "tracker_state",
+    "unsubscribe",
+    "unsubscribe_tracker",
+]
+
+ARTIFACT_STATES = {
+    "default": "told when another reason applies: assigned, submitter, cc, mentioned, commented, a list",
+    "following": "told of every change to the artifact, even without another reason",
+    "unsubscribed": "told nothing more of the artifact, except when @mentioned",
+}
+TRACKER_STATES = {
+    "default": "each artifact's own state applies",
+    "unsubscribed": "told nothing of the tracker's artifacts, except when @mentioned",
+}
 
 
 def _set(session: Session, artifact_id: int, user: User, state: SubscriptionState) -> None:
@@ -76,3 +107,39 @@ def resubscribe_tracker(session: Session, tracker_id: int, user: User) -> None:
             TrackerUnsubscription.tracker_id == tracker_id, TrackerUnsubscription.user_id == user.id
         )
     )
+
+
+def artifact_state(session: Session, artifact_id: int, user: User) -> str:
+    """``default``, ``following`` or ``unsubscribed`` (NotFound if the user may not read the artifact)."""
+    get_artifact(session, artifact_id, user)
+    sub = session.get(ArtifactSubscription, (artifact_id, user.id))
+    return "default" if sub is None else sub.state.value
+
+
+def set_artifact_state(session: Session, artifact_id: int, user: User, state: str) -> None:
+    """Put the user's subscription to the artifact in one of :data:`ARTIFACT_STATES`."""
+    if state == "default":
+        clear_subscription(session, artifact_id, user)
+    elif state == "following":
+        follow(session, artifact_id, user)
+    elif state == "unsubscribed":
+        unsubscribe(session, artifact_id, user)
+    else:
+        raise InvalidInput(f"state must be one of {', '.join(ARTIFACT_STATES)}", "state")
+
+
+def tracker_state(session: Session, tracker_id: int, user: User) -> str:
+    """``default`` or ``unsubscribed`` (NotFound if the user may not read the tracker)."""
+    _readable_tracker(session, tracker_id, user)
+    gone = session.get(TrackerUnsubscription, (tracker_id, user.id)) is not None
+    return "unsubscribed" if gone else "default"
+
+
+def set_tracker_state(session: Session, tracker_id: int, user: User, state: str) -> None:
+    """Put the user's subscription to the tracker in one of :data:`TRACKER_STATES`."""
+    if state == "unsubscribed":
+        unsubscribe_tracker(session, tracker_id, user)
+    elif state == "default":
+        resubscribe_tracker(session, tracker_id, user)
+    else:
+        raise InvalidInput(f"state must be one of {', '.join(TRACKER_STATES)}", "state")

@@ -76,9 +76,9 @@ def update_user(session: Session, user_id: int, changes: dict[str, Any]) -> User
     unknown = set(changes) - _EDITABLE
     if unknown:
         raise InvalidInput(f"unknown user attribute(s): {', '.join(sorted(unknown))}")
-    if "email" in changes and isinstance(changes["email"], str):
-        if changes["email"].lower() != user.email.lower():
-            check_email_is_free(session, validate.email(changes["email"]), user.id)
+    new_email = changes.get("email")
+    if isinstance(new_email, str) and new_email.lower() != user.email.lower():
+        check_email_is_free(session, validate.email(new_email), user.id)
     _apply(user, changes)
     session.flush()
     return user

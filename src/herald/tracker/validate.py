@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from datetime import date
@@ -11,10 +12,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 from herald.tracker.errors import InvalidInput
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-# A deliberately plain address check: one @, no whitespace or control characters, a dotted domain.
-# Anything stricter rejects real addresses; anything looser lets header-breaking text through.
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
-EMAIL_RE = re.compile(rf"^[^\s@<>()\[\],;:\"\\]{{1,64}}@{_LABEL}(?:\.{_LABEL})+$")
+# The one address grammar of herald, used at input here and by notify.sanitize before a header is written:
+# a plain ASCII addr-spec, a dot-atom local part (no leading, trailing or doubled dot) and a dotted domain
+# of letter/digit/hyphen labels. Quoted local parts, address literals and internationalized addresses are
+# refused: they need quoting or SMTPUTF8 that herald does not negotiate, and each is a way to smuggle text
+# into a header. An address accepted here is an address herald can mail.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+EMAIL_RE = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*@{_LABEL}(?:\.{_LABEL})+", re.ASCII)
 CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u2028\u2029\x85]")
 LINE_BREAK_RE = re.compile(r"[\r\n]")
 MAX_STRING = 255
@@ -32,17 +37,37 @@ def name(value: Any, what: str) -> str:
     return value
 
 
-def email(value: Any, what: str = "email") -> str:
+def address_problem(value: Any) -> str | None:
+    """Why ``value`` is not an address herald can mail, or None if it is one."""
+    if not isinstance(value, str):
+        return "must be a string"
+    if not 3 <= len(value) <= 254:
+        return "must be 3 to 254 characters"
     # ASCII only and no encoded-word marker: herald sends without SMTPUTF8, and "=?" in an address is
     # how header-injection payloads smuggle line breaks past the email package on these machines.
-    if (
-        not isinstance(value, str)
-        or len(value) > 254
-        or not value.isascii()
-        or "=?" in value
-        or not EMAIL_RE.match(value)
-    ):
-        raise InvalidInput(f"{what} must be an email address such as jane@example.org", what)
+    if not value.isascii():
+        return "must be ASCII (internationalized addresses are not supported)"
+    if "=?" in value:
+        return "must not contain '=?'"
+    if not EMAIL_RE.fullmatch(value):
+        local = value.rpartition("@")[0]
+        if ".." in local or local.startswith(".") or local.endswith("."):
+            return "must not start or end its local part with a dot, nor hold two dots in a row"
+        return "must be a plain address such as jane@example.org"
+    if len(value.rsplit("@", 1)[0]) > 64:
+        return "must have a local part (before the @) of at most 64 characters"
+    return None
+
+
+def is_mailable_address(value: Any) -> bool:
+    """True if ``value`` is one plain ASCII mailbox that herald can put into a header as is."""
+    return address_problem(value) is None
+
+
+def email(value: Any, what: str = "email") -> str:
+    problem = address_problem(value)
+    if problem is not None:
+        raise InvalidInput(f"{what} {problem}, e.g. jane@example.org", what)
     return value
 
 
@@ -132,9 +157,15 @@ def mapping(value: Any, what: str, allowed: set[str], required: set[str] = froze
     """A JSON object with only the allowed keys and every required one."""
     if not isinstance(value, dict):
         raise InvalidInput(f"{what} must be an object", what)
-    unknown = sorted(set(value) - allowed)
+    unknown = sorted(map(str, set(value) - allowed))
     if unknown:
-        raise InvalidInput(f"{what} has unknown key(s): {', '.join(map(str, unknown))}", what)
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, sorted(allowed), n=1)
+            hints.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+        raise InvalidInput(
+            f"{what} has unknown key(s): {', '.join(hints)}; known keys: {', '.join(sorted(allowed))}", what
+        )
     missing = sorted(required - set(value))
     if missing:
         raise InvalidInput(f"{what} is missing: {', '.join(missing)}", what)

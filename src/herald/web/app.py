@@ -15,6 +15,7 @@ from herald.web import errors
 from herald.web.limits import BodySizeLimit
 from herald.web.routes import admin, artifact_page, artifacts, mailbox, ops, status, unsubscribe
 from herald.web.runtime import Dispatcher, Runtime
+from herald.web.throttle import LoginThrottle
 
 DispatcherFactory = Callable[[Settings, Database], Dispatcher]
 
@@ -50,12 +51,16 @@ def create_app(settings: Settings, *, dispatcher_factory: DispatcherFactory | No
         summary="Notification backend for issue trackers",
         version="0.1.0",
         lifespan=lifespan,
+        # Starlette builds its trailing-slash redirects from the Host header, which the client chooses
+        # (issue 9, defect 10); herald's own redirects are relative.
+        redirect_slashes=False,
     )
+    app.state.login_throttle = LoginThrottle()
     errors.install(app)
-    app.include_router(admin.router)
-    app.include_router(artifacts.router)
+    app.include_router(admin.router, responses=errors.ERROR_RESPONSES)
+    app.include_router(artifacts.router, responses=errors.ERROR_RESPONSES)
     app.include_router(status.router)
-    app.include_router(mailbox.router)
+    app.include_router(mailbox.router, responses=errors.ERROR_RESPONSES)
     app.include_router(unsubscribe.router)
     app.include_router(ops.router)
     app.include_router(artifact_page.router)

@@ -1,4 +1,5 @@
-"""A plain ASGI middleware that refuses request bodies over a size limit with 413, before parsing them."""
+"""A plain ASGI middleware that refuses request bodies over a size limit with 413 ``too_large``, before
+parsing them: at once when Content-Length says so, as soon as the limit is passed for a chunked body."""
 
 from __future__ import annotations
 
@@ -27,19 +28,27 @@ class BodySizeLimit:
                 await self._refuse(send)
                 return
         received = 0
-        started = False
+        started = refused = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, refused
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
+                    # A body without Content-Length (chunked) is only seen growing here, inside the app's
+                    # read, which would turn any exception into its own 400: answer 413 now, and drop
+                    # whatever the app then tries to send.
+                    if not started and not refused:
+                        refused = True
+                        await self._refuse(send)
                     raise BodyTooLarge
             return message
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
+            if refused:
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
@@ -47,7 +56,7 @@ class BodySizeLimit:
         try:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLarge:
-            if not started:
+            if not started and not refused:
                 await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:

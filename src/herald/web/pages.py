@@ -25,6 +25,10 @@ SECURITY_HEADERS = {
 }
 
 
-def page(template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+def page(
+    template: str, status_code: int = 200, *, response_headers: dict[str, str] | None = None, **context: Any
+) -> HTMLResponse:
     html = _ENV.get_template(template).render(**context)
-    return HTMLResponse(html, status_code=status_code, headers=SECURITY_HEADERS)
+    return HTMLResponse(
+        html, status_code=status_code, headers={**SECURITY_HEADERS, **(response_headers or {})}
+    )

@@ -8,7 +8,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
+from herald.tracker.validate import EMAIL_RE, NAME_RE
+
 UserRef = StrictInt | StrictStr
+# Documented in OpenAPI; enforced by the tracker services, whose messages say what to fix.
+_NAME_DOC = {"pattern": NAME_RE.pattern}
+_EMAIL_DOC = {"format": "email", "pattern": f"^{EMAIL_RE.pattern}$"}
 
 
 class Strict(BaseModel):
@@ -16,8 +21,8 @@ class Strict(BaseModel):
 
 
 class UserCreate(Strict):
-    username: StrictStr = Field(max_length=64)
-    email: StrictStr = Field(max_length=254)
+    username: StrictStr = Field(min_length=1, max_length=64, json_schema_extra=_NAME_DOC)
+    email: StrictStr = Field(min_length=3, max_length=254, json_schema_extra=_EMAIL_DOC)
     real_name: StrictStr = Field("", max_length=200)
     language: Literal["en", "fr"] = "en"
     timezone: StrictStr = Field("UTC", max_length=64)
@@ -26,7 +31,7 @@ class UserCreate(Strict):
 
 
 class UserUpdate(Strict):
-    email: StrictStr | None = Field(None, max_length=254)
+    email: StrictStr | None = Field(None, min_length=3, max_length=254, json_schema_extra=_EMAIL_DOC)
     real_name: StrictStr | None = Field(None, max_length=200)
     language: Literal["en", "fr"] | None = None
     timezone: StrictStr | None = Field(None, max_length=64)
@@ -36,7 +41,7 @@ class UserUpdate(Strict):
 
 
 class ProjectCreate(Strict):
-    name: StrictStr = Field(max_length=64)
+    name: StrictStr = Field(min_length=1, max_length=64, json_schema_extra=_NAME_DOC)
     label: StrictStr = Field("", max_length=200)
     public: StrictBool = True
     members: list[UserRef] = Field(default_factory=list, max_length=10_000)
@@ -49,7 +54,7 @@ class MembershipChange(Strict):
 
 
 class FieldSpec(Strict):
-    name: StrictStr = Field(max_length=64)
+    name: StrictStr = Field(min_length=1, max_length=64, json_schema_extra=_NAME_DOC)
     type: Literal["string", "text", "int", "float", "date", "select", "user", "users"]
     label: StrictStr | None = Field(None, max_length=200)
     required: StrictBool = False
@@ -66,7 +71,7 @@ class Semantics(Strict):
 
 
 class GlobalList(Strict):
-    addresses: list[StrictStr] = Field(default_factory=list, max_length=500)
+    addresses: list[StrictStr] = Field(default_factory=list, max_length=500, description="plain addresses")
     users: list[UserRef] = Field(default_factory=list, max_length=500)
     on_updates: StrictBool = True
     check_permissions: StrictBool = True
@@ -78,9 +83,9 @@ class NotificationSettings(Strict):
 
 
 class TrackerCreate(Strict):
-    project_id: StrictInt
-    name: StrictStr = Field(max_length=64)
-    item_name: StrictStr | None = Field(None, max_length=32)
+    project_id: StrictInt = Field(ge=1)
+    name: StrictStr = Field(min_length=1, max_length=64, json_schema_extra=_NAME_DOC)
+    item_name: StrictStr | None = Field(None, min_length=1, max_length=32, json_schema_extra=_NAME_DOC)
     fields: list[FieldSpec] = Field(min_length=1, max_length=100)
     semantics: Semantics = Field(default_factory=Semantics)
     notifications: NotificationSettings = Field(default_factory=NotificationSettings)
@@ -99,4 +104,14 @@ class ArtifactUpdate(ArtifactCreate):
 
 
 class SubscriptionChange(Strict):
-    state: Literal["following", "unsubscribed"]
+    """An artifact subscription: ``default`` (told when another reason applies), ``following`` (told of
+    every change) or ``unsubscribed`` (told nothing, except when @mentioned)."""
+
+    state: Literal["default", "following", "unsubscribed"]
+
+
+class TrackerSubscriptionChange(Strict):
+    """A tracker subscription: ``unsubscribed`` (told nothing of its artifacts, except when @mentioned)
+    or ``default``; ``following`` is the 0.1 spelling of ``default`` and means the same."""
+
+    state: Literal["default", "unsubscribed", "following"]

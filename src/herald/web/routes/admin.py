@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException
 from herald.tracker import permissions
 from herald.tracker.models import Role
 from herald.tracker.projects import create_project, get_project, set_member
-from herald.tracker.trackers import create_tracker, get_tracker, set_notifications
+from herald.tracker.trackers import create_tracker, get_tracker, semantics_notes, set_notifications
 from herald.tracker.users import create_user, get_user, resolve_user, update_user
 from herald.web.auth import Admin, AnyCaller
 from herald.web.routes.common import Id, RuntimeDep
@@ -92,9 +92,13 @@ def post_member(project_id: Id, body: MembershipChange, _: Admin, runtime: Runti
 
 @router.post("/trackers", status_code=201)
 def post_tracker(body: TrackerCreate, _: Admin, runtime: RuntimeDep) -> dict[str, Any]:
+    """The answer's ``warnings`` list each semantic inferred or left unset, and what follows from it."""
+    spec = body.model_dump(exclude_none=True)
+    # A semantic left out may be inferred; one given as null is deliberately unset.
+    spec["semantics"] = body.semantics.model_dump(exclude_unset=True)
     with runtime.db.session() as s:
-        tracker = create_tracker(s, body.model_dump(exclude_none=True))
-        return tracker_view(tracker)
+        tracker = create_tracker(s, spec)
+        return {**tracker_view(tracker), "warnings": semantics_notes(tracker, spec)}
 
 
 @router.get("/trackers/{tracker_id}")

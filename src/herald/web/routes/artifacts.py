@@ -14,12 +14,12 @@ from sqlalchemy.orm import Session
 
 from herald.outbox import records
 from herald.tracker import subscriptions
-from herald.tracker.artifacts import create_artifact, get_artifact, update_artifact
+from herald.tracker.artifacts import NothingChanged, create_artifact, get_artifact, update_artifact
 from herald.tracker.models import Changeset, User
 from herald.web.auth import AnyCaller, Caller
 from herald.web.routes.common import Id, RuntimeDep
 from herald.web.runtime import Runtime
-from herald.web.schemas import ArtifactCreate, ArtifactUpdate, SubscriptionChange
+from herald.web.schemas import ArtifactCreate, ArtifactUpdate, SubscriptionChange, TrackerSubscriptionChange
 from herald.web.views import artifact_view
 
 router = APIRouter(prefix="/api", tags=["artifacts"])
@@ -63,6 +63,18 @@ def post_artifact(
 def patch_artifact(
     artifact_id: Id, body: ArtifactUpdate, caller: Caller, runtime: RuntimeDep
 ) -> dict[str, Any]:
+    """An update that changes nothing answers 200 with the artifact as it is, no changeset and no mail."""
+    try:
+        return _patch(artifact_id, body, caller, runtime)
+    except NothingChanged:
+        with runtime.db.read() as s:
+            viewer = s.merge(caller, load=False)
+            artifact = get_artifact(s, artifact_id, viewer)
+            view = artifact_view(artifact, viewer, with_history=False)
+        return {"artifact": view, "changeset_id": None, "notification": None}
+
+
+def _patch(artifact_id: int, body: ArtifactUpdate, caller: User, runtime: Runtime) -> dict[str, Any]:
     return _change(
         runtime,
         caller,
@@ -85,21 +97,35 @@ def read_artifact(artifact_id: Id, caller: AnyCaller, runtime: RuntimeDep) -> di
         return artifact_view(get_artifact(s, artifact_id, viewer), viewer)
 
 
-@router.put("/artifacts/{artifact_id}/subscription", summary="Follow the artifact, or unsubscribe from it")
+@router.get(
+    "/artifacts/{artifact_id}/subscription", summary="The caller's subscription state and its meaning"
+)
+def read_subscription(artifact_id: Id, caller: Caller, runtime: RuntimeDep) -> dict[str, Any]:
+    with runtime.db.read() as s:
+        state = subscriptions.artifact_state(s, artifact_id, s.merge(caller, load=False))
+    return {"artifact_id": artifact_id, "state": state, "meaning": subscriptions.ARTIFACT_STATES[state]}
+
+
+@router.put(
+    "/artifacts/{artifact_id}/subscription",
+    summary="Set the subscription: default, following or unsubscribed",
+)
 def put_subscription(
     artifact_id: Id, body: SubscriptionChange, caller: Caller, runtime: RuntimeDep
 ) -> dict[str, Any]:
     with runtime.db.session() as s:
-        user = s.merge(caller, load=False)
-        if body.state == "following":
-            subscriptions.follow(s, artifact_id, user)
-        else:
-            subscriptions.unsubscribe(s, artifact_id, user)
-    return {"artifact_id": artifact_id, "state": body.state}
+        subscriptions.set_artifact_state(s, artifact_id, s.merge(caller, load=False), body.state)
+    return {
+        "artifact_id": artifact_id,
+        "state": body.state,
+        "meaning": subscriptions.ARTIFACT_STATES[body.state],
+    }
 
 
 @router.delete(
-    "/artifacts/{artifact_id}/subscription", status_code=204, summary="Back to default notifications"
+    "/artifacts/{artifact_id}/subscription",
+    status_code=204,
+    summary="Back to the default state: told when another reason (assigned, cc, a list...) applies",
 )
 def delete_subscription(artifact_id: Id, caller: Caller, runtime: RuntimeDep) -> Response:
     with runtime.db.session() as s:
@@ -107,14 +133,18 @@ def delete_subscription(artifact_id: Id, caller: Caller, runtime: RuntimeDep) ->
     return Response(status_code=204)
 
 
-@router.put("/trackers/{tracker_id}/subscription", summary="Unsubscribe from (or resubscribe to) a tracker")
+@router.get("/trackers/{tracker_id}/subscription", summary="The caller's tracker subscription state")
+def read_tracker_subscription(tracker_id: Id, caller: Caller, runtime: RuntimeDep) -> dict[str, Any]:
+    with runtime.db.read() as s:
+        state = subscriptions.tracker_state(s, tracker_id, s.merge(caller, load=False))
+    return {"tracker_id": tracker_id, "state": state, "meaning": subscriptions.TRACKER_STATES[state]}
+
+
+@router.put("/trackers/{tracker_id}/subscription", summary="Unsubscribe from a tracker, or back to default")
 def put_tracker_subscription(
-    tracker_id: Id, body: SubscriptionChange, caller: Caller, runtime: RuntimeDep
+    tracker_id: Id, body: TrackerSubscriptionChange, caller: Caller, runtime: RuntimeDep
 ) -> dict[str, Any]:
+    state = "default" if body.state == "following" else body.state
     with runtime.db.session() as s:
-        user = s.merge(caller, load=False)
-        if body.state == "unsubscribed":
-            subscriptions.unsubscribe_tracker(s, tracker_id, user)
-        else:
-            subscriptions.resubscribe_tracker(s, tracker_id, user)
-    return {"tracker_id": tracker_id, "state": body.state}
+        subscriptions.set_tracker_state(s, tracker_id, s.merge(caller, load=False), state)
+    return {"tracker_id": tracker_id, "state": state, "meaning": subscriptions.TRACKER_STATES[state]}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 from typing import Annotated, Any
 from urllib.parse import parse_qs
 
@@ -17,12 +18,14 @@ from herald.ops.metrics import HeraldCollector, render_metrics
 from herald.outbox import read_backlog, recent_notifications
 from herald.queue import QueueError
 from herald.web.auth import Admin
-from herald.web.errors import error_body
+from herald.web.errors import ERROR_RESPONSES, ErrorBody, error_body
 from herald.web.pages import page
 from herald.web.routes.common import RuntimeDep
 from herald.web.runtime import Runtime
+from herald.web.throttle import LoginThrottle
 
 router = APIRouter(tags=["ops"])
+log = logging.getLogger("herald.web")
 COOKIE = "herald_admin"
 
 
@@ -32,7 +35,11 @@ def metrics(runtime: RuntimeDep) -> Response:
     return Response(render_metrics(collector), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/api/queue", summary="Queue depth, in flight, delayed, dead and the oldest job's age")
+@router.get(
+    "/api/queue",
+    summary="Queue depth, in flight, delayed, dead and the oldest job's age",
+    responses={**ERROR_RESPONSES, 503: {"model": ErrorBody, "description": "unavailable: no queue"}},
+)
 def queue_stats(_: Admin, runtime: RuntimeDep) -> Any:
     from fastapi.responses import JSONResponse
 
@@ -92,13 +99,41 @@ def admin_page(request: Request, runtime: RuntimeDep) -> HTMLResponse:
         )
 
 
+@router.get("/admin/", include_in_schema=False)
+def admin_page_slash() -> Response:
+    # Relative, never built from the Host header (issue 9, defect 10): the app does not redirect slashes.
+    return RedirectResponse("/admin", status_code=307)
+
+
+def _throttle(request: Request) -> LoginThrottle:
+    throttle = getattr(request.app.state, "login_throttle", None)
+    if throttle is None:
+        throttle = request.app.state.login_throttle = LoginThrottle()
+    return throttle
+
+
 @router.post("/admin/login", include_in_schema=False)
 async def admin_login(request: Request, runtime: RuntimeDep) -> Response:
+    throttle = _throttle(request)
+    client = request.client.host if request.client is not None else "unknown"
+    wait = throttle.retry_after(client)
+    if wait is not None:
+        log.warning("admin sign-in refused: too many failures from %s, retry in %ss", client, wait)
+        return page(
+            "login.html",
+            status_code=429,
+            error=True,
+            retry_after=wait,
+            response_headers={"Retry-After": str(wait)},
+        )
     body = (await request.body())[:4096].decode("utf-8", "replace")
     token = (parse_qs(body).get("token") or [""])[0]
     admin = runtime.settings.admin_token or ""
     if not admin or not hmac.compare_digest(token.encode(), admin.encode()):
+        throttle.failed(client)
+        log.info("admin sign-in failed from %s", client)
         return page("login.html", status_code=401, error=True)
+    throttle.succeeded(client)
     response = RedirectResponse("/admin", status_code=303)
     response.set_cookie(
         COOKIE,

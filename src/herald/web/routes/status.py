@@ -11,6 +11,7 @@ from sqlalchemy import text
 from herald.outbox import notification_detail
 from herald.tracker.errors import NotFound
 from herald.web.auth import Admin
+from herald.web.errors import ERROR_RESPONSES
 from herald.web.routes.common import Id, RuntimeDep
 
 router = APIRouter(tags=["status"])
@@ -26,7 +27,11 @@ def healthz(runtime: RuntimeDep) -> JSONResponse:
     return JSONResponse({"status": "ok", "database": "ok"})
 
 
-@router.get("/api/changesets/{changeset_id}/notification", summary="The job and each recipient's delivery")
+@router.get(
+    "/api/changesets/{changeset_id}/notification",
+    summary="The job and each recipient's delivery",
+    responses=ERROR_RESPONSES,
+)
 def changeset_notification(changeset_id: Id, _: Admin, runtime: RuntimeDep) -> dict[str, Any]:
     with runtime.db.read() as s:
         detail = notification_detail(s, changeset_id)

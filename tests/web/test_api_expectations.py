@@ -1,0 +1,114 @@
+"""Issue 9, "the API a user expects": semantics inferred only when unambiguous and warned about otherwise,
+subscription states that say what they do, and an update that changes nothing is not an error."""
+
+from __future__ import annotations
+
+from tests.web.conftest import Api
+
+
+def _tracker(api: Api, fields: list[dict], **extra) -> dict:
+    r = api.client.post(
+        "/api/trackers",
+        json={"project_id": api.world.public.id, "name": "tasks", "fields": fields, **extra},
+        headers=api.admin,
+    )
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+class TestSemantics:
+    def test_conventional_fields_are_inferred_and_said_so(self, api: Api):
+        t = _tracker(
+            api,
+            [
+                {"name": "summary", "type": "string"},
+                {"name": "details", "type": "string"},
+                {"name": "state", "type": "select", "options": ["Open", "Done"]},
+                {"name": "severity", "type": "select", "options": ["low", "high"]},
+                {"name": "assignee", "type": "user"},
+            ],
+        )
+        assert t["semantics"] == {
+            "title": "summary",
+            "status": "state",
+            "open_values": ["Open"],
+            "assigned_to": "assignee",
+        }
+        assert "semantics.title inferred: field 'summary'" in t["warnings"]
+
+    def test_ambiguous_fields_are_not_guessed_but_warned_about(self, api: Api):
+        t = _tracker(
+            api,
+            [
+                {"name": "headline", "type": "string"},
+                {"name": "tagline", "type": "string"},
+                {"name": "severity", "type": "select", "options": ["low", "high"]},
+                {"name": "reviewer", "type": "user"},
+            ],
+        )
+        assert t["semantics"] == {"title": None, "status": None, "open_values": [], "assigned_to": None}
+        text = " ".join(t["warnings"])
+        assert "[task #N]" in text and "status_change_only" in text and "'cc', never 'assigned'" in text
+
+    def test_explicit_null_is_not_overridden(self, api: Api):
+        t = _tracker(api, [{"name": "title", "type": "string"}], semantics={"title": None})
+        assert t["semantics"]["title"] is None
+
+    def test_sole_string_field_is_the_title(self, api: Api):
+        t = _tracker(api, [{"name": "headline", "type": "string"}])
+        assert t["semantics"]["title"] == "headline"
+
+
+def _bug(api: Api) -> dict:
+    r = api.client.post(
+        f"/api/trackers/{api.world.bugs.id}/artifacts",
+        json={"values": {"title": "Crash", "cc": ["dave"]}},
+        headers=api.as_user("alice"),
+    )
+    assert r.status_code == 201, r.text
+    return r.json()["artifact"]
+
+
+class TestSubscriptionStates:
+    def test_states_read_back_with_their_meaning(self, api: Api):
+        art = _bug(api)
+        url = f"/api/artifacts/{art['id']}/subscription"
+        dave = api.as_user("dave")
+        r = api.client.get(url, headers=dave)
+        assert r.status_code == 200 and r.json()["state"] == "default", r.text
+        assert "cc" in r.json()["meaning"] or "reason" in r.json()["meaning"]
+        for state in ("unsubscribed", "following", "default"):
+            r = api.client.put(url, json={"state": state}, headers=dave)
+            assert r.status_code == 200 and r.json()["state"] == state, r.text
+            assert api.client.get(url, headers=dave).json()["state"] == state
+        assert api.client.put(url, json={"state": "unsubscribed"}, headers=dave).status_code == 200
+        assert api.client.delete(url, headers=dave).status_code == 204  # DELETE: back to "default"
+        assert api.client.get(url, headers=dave).json()["state"] == "default"
+
+    def test_tracker_states(self, api: Api):
+        url = f"/api/trackers/{api.world.bugs.id}/subscription"
+        dave = api.as_user("dave")
+        assert api.client.get(url, headers=dave).json()["state"] == "default"
+        r = api.client.put(url, json={"state": "unsubscribed"}, headers=dave)
+        assert (
+            r.json()["state"] == "unsubscribed"
+            and api.client.get(url, headers=dave).json()["state"] == "unsubscribed"
+        )
+        r = api.client.put(url, json={"state": "default"}, headers=dave)
+        assert r.json()["state"] == "default"
+
+
+class TestNoOpUpdate:
+    def test_an_update_that_changes_nothing_answers_200_without_changeset(self, api: Api):
+        art = _bug(api)
+        before = len(api.dispatcher.committed)
+        r = api.client.patch(
+            f"/api/artifacts/{art['id']}", json={"values": {"title": "Crash"}}, headers=api.as_user("alice")
+        )
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["changeset_id"] is None and body["notification"] is None
+        assert body["artifact"]["version"] == art["version"]
+        assert len(api.dispatcher.committed) == before
+        r = api.client.patch(f"/api/artifacts/{art['id']}", json={}, headers=api.as_user("alice"))
+        assert r.status_code == 200 and r.json()["changeset_id"] is None
