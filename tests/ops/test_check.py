@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from herald.config import load_settings
+from herald.config import DispatchMode, load_settings
 from herald.ops.check import Status, run_check
 from herald.ops.doctor import diagnose
-from herald.outbox import Notification, NotificationState
+from herald.outbox import Notification, NotificationState, records
 from herald.queue import make_queue
 from herald.tracker.artifacts import create_artifact
 from herald.tracker.models import User, utcnow
@@ -30,9 +30,9 @@ def _changeset(db, world, age_seconds: float = 0, state=NotificationState.PENDIN
         cs = create_artifact(
             s, tracker_id=world.bugs.id, author=s.get(User, world.users["alice"].id), values={"title": "t"}
         )
-        note = s.get(Notification, cs.id)
-        note.created_at = utcnow() - timedelta(seconds=age_seconds)
-        note.state = state
+        records.record(s, cs.id, DispatchMode.ASYNC, utcnow() - timedelta(seconds=age_seconds))
+        s.flush()
+        s.get(Notification, cs.id).state = state
         return cs.id
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "MessageBuilder",
     "UnsubscribeLinks",
     "build_message",
+    "from_address",
     "list_id",
     "mail_domain",
     "message_id_for",
@@ -106,14 +107,15 @@ class UnsubscribeLinks:
         )
 
 
-def _from_address(mc: MailContext) -> Address:
-    address = f"{NOREPLY}@{mc.domain}"
-    suffix = sanitize.display_name(mc.from_name)
+def from_address(author_name: str, from_name: str, domain: str) -> Address:
+    """``"<author> (<from_name>)" <noreply@domain>``, sanitized."""
+    address = f"{NOREPLY}@{domain}"
+    suffix = sanitize.display_name(from_name)
     suffix = f" ({suffix})" if suffix else ""
     # Sized so that 'From: "<name>" <address>' fits one line: unfolded, the quotes (and so the suffix's
     # parentheses) survive this Python's folding. A longer name still cannot spoof (see display_name).
     budget = 78 - len('From: "" <>') - len(address) - len(suffix)
-    author = sanitize.display_name(mc.author_name, max(budget, 12))
+    author = sanitize.display_name(author_name, max(budget, 12))
     return Address(display_name=f"{author}{suffix}", addr_spec=address)
 
 
@@ -127,7 +129,7 @@ class MessageBuilder:
         at = mc.created_at if mc.created_at.tzinfo else mc.created_at.replace(tzinfo=UTC)
         root = thread_root_id(mc.artifact_id, mc.domain)
         self._date = make("Date", format_datetime(at))
-        self._from = make("From", _from_address(mc))
+        self._from = make("From", from_address(mc.author_name, mc.from_name, mc.domain))
         self._thread = [
             make("In-Reply-To", root),
             make("References", root),

@@ -14,18 +14,23 @@ them header by header and part by part).
 from __future__ import annotations
 
 import binascii
+import functools
 import hashlib
 from dataclasses import dataclass
+from datetime import UTC
 from email.headerregistry import Address
+from email.utils import format_datetime
 
 from herald.notify import sanitize
 from herald.notify.headers import HeaderError, check_folded
 from herald.notify.message import (
     MESSAGE_POLICY,
     MailContext,
-    MessageBuilder,
     UnsubscribeLinks,
+    from_address,
+    list_id,
     message_id_for,
+    thread_root_id,
 )
 
 __all__ = ["Wire", "WireBuilder", "boundary_for"]
@@ -48,11 +53,28 @@ def boundary_for(message_id: str) -> str:
     return "=_herald_" + hashlib.sha1(message_id.encode(), usedforsecurity=False).hexdigest()[:24]
 
 
-def _fold(name: str, value: object) -> bytes:
+def _fold_value(name: str, value: object) -> bytes:
     header = MESSAGE_POLICY.header_factory(name, value)
     folded = MESSAGE_POLICY.fold(name, header)
     check_folded(name, folded)
     return folded.encode("ascii")
+
+
+# Folding through the email package is most of a message's cost, and the same values come back change
+# after change (the same people, authors, projects, reasons): fold each distinct one once per process.
+@functools.lru_cache(maxsize=4096)
+def _fold(name: str, value: str) -> bytes:
+    return _fold_value(name, value)
+
+
+@functools.lru_cache(maxsize=8192)
+def _fold_to(display_name: str, address: str) -> bytes:
+    return _fold_value("To", Address(display_name=display_name, addr_spec=address))
+
+
+@functools.lru_cache(maxsize=1024)
+def _fold_from(author_name: str, from_name: str, domain: str) -> bytes:
+    return _fold_value("From", from_address(author_name, from_name, domain))
 
 
 def _qp(text: str) -> bytes:
@@ -74,18 +96,34 @@ class WireBuilder:
 
     def __init__(self, mc: MailContext) -> None:
         self.mc = mc
-        shared = MessageBuilder(mc)  # the header objects, built and checked once there
-        self._date = MESSAGE_POLICY.fold("Date", shared._date).encode("ascii")
-        self._from = MESSAGE_POLICY.fold("From", shared._from).encode("ascii")
-        self._thread = b"".join(MESSAGE_POLICY.fold(h.name, h).encode("ascii") for h in shared._thread)
-        self._post = MESSAGE_POLICY.fold("List-Unsubscribe-Post", shared._post).encode("ascii")
-        self._tail = b"".join(MESSAGE_POLICY.fold(h.name, h).encode("ascii") for h in shared._tail)
+        at = mc.created_at if mc.created_at.tzinfo else mc.created_at.replace(tzinfo=UTC)
+        root = thread_root_id(mc.artifact_id, mc.domain)
+        self._date = _fold("Date", format_datetime(at))
+        self._from = _fold_from(mc.author_name, mc.from_name, mc.domain)
+        self._thread = b"".join(
+            [
+                _fold("In-Reply-To", root),
+                _fold("References", root),
+                _fold("List-Id", list_id(mc.tracker_id, mc.project_name, mc.domain)),
+            ]
+        )
+        self._post = _fold("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")
+        self._tail = b"".join(
+            [
+                _fold("Auto-Submitted", "auto-generated"),
+                _fold("X-Auto-Response-Suppress", "All"),
+                _fold("X-Herald-Project", sanitize.header_text(mc.project_name, 64)),
+                _fold("X-Herald-Tracker", sanitize.header_text(mc.tracker_name, 64)),
+                _fold("X-Herald-Artifact-ID", str(int(mc.artifact_id))),
+                _fold("X-Herald-Changeset-ID", str(int(mc.changeset_id))),
+            ]
+        )
         self._subjects: dict[str, bytes] = {}
 
     def _subject(self, subject: str) -> bytes:
         folded = self._subjects.get(subject)
         if folded is None:
-            folded = self._subjects[subject] = _fold("Subject", sanitize.subject(subject))
+            folded = self._subjects[subject] = _fold_value("Subject", sanitize.subject(subject))
         return folded
 
     def build(
@@ -111,12 +149,12 @@ class WireBuilder:
             self._subject(subject),
             self._date,
             self._from,
-            _fold("To", Address(display_name=sanitize.display_name(to_name), addr_spec=address)),
-            _fold("Message-ID", mid),
+            _fold_to(sanitize.display_name(to_name), address),
+            _fold_value("Message-ID", mid),
             self._thread,
         ]
         if unsubscribe is not None:
-            head.append(_fold("List-Unsubscribe", unsubscribe.header_value))
+            head.append(_fold_value("List-Unsubscribe", unsubscribe.header_value))
             head.append(self._post)
         head.append(self._tail)
         head.append(_fold("X-Herald-Reason", sanitize.label(reason)))
