@@ -256,15 +256,17 @@ class Supervisor:
         """A worker died: its jobs and locks go to the live workers now, not after their leases."""
         consumer = process_name(f"worker-{worker_id}", self.host)
         jobs = locks = 0
-        try:
-            jobs = self.queue.release(consumer)
-        except QueueError as exc:  # the lease is the fallback
-            log.warning("could not hand back the jobs of worker-%d: %s", worker_id, exc)
+        # Locks first: a live worker may claim a handed-back job within a millisecond, and must not find its
+        # changeset still locked by the dead one (it would look again only after that lease).
         try:
             with self.db.write() as conn:
                 locks = lock.release_holders(conn, f"{consumer}:{pid}:", utcnow())
         except Exception as exc:
             log.warning("could not release the notification locks of worker-%d: %s", worker_id, exc)
+        try:
+            jobs = self.queue.release(consumer)
+        except QueueError as exc:  # the lease is the fallback
+            log.warning("could not hand back the jobs of worker-%d: %s", worker_id, exc)
         if jobs or locks:
             log.warning(
                 "handed back %d job(s) and %d notification lock(s) of worker-%d (pid %d) to the live workers",
