@@ -43,11 +43,11 @@ PROFILES: dict[str, dict[str, float]] = {
     # seconds of paced load, its warm-up, the wait after it; changes queued for a drain / a kill; the
     # longest wait for a drain, and after a kill; bench_async's requests per mode and paced requests
     "quick": {"paced": 5, "warmup": 1, "grace": 5, "drain": 200, "drain_timeout": 90, "kill": 150,
-              "kill_window": 35, "requests": 100, "async_paced": 50},
+              "kill_window": 35, "outage": 30, "outage_window": 60, "requests": 100, "async_paced": 50},
     "full": {"paced": 20, "warmup": 3, "grace": 10, "drain": 1000, "drain_timeout": 300, "kill": 1000,
-             "kill_window": 90, "requests": 300, "async_paced": 200},
+             "kill_window": 90, "outage": 180, "outage_window": 120, "requests": 300, "async_paced": 200},
 }  # fmt: skip
-WORKLOADS = ("e2e-50", "e2e-200", "drain-fast", "drain-slow", "kill", "request")
+WORKLOADS = ("e2e-50", "e2e-200", "drain-fast", "drain-slow", "kill", "outage", "request")
 PEERS = ("celery", "dramatiq", "huey", "rq")
 ARTIFACTS = 200  # PATCHes rotate over them so that concurrent requests rarely touch the same artifact
 KILL_AT = 0.3  # share of the mails delivered when a job-running process is killed
@@ -265,6 +265,46 @@ class Bench:
 
         return body
 
+    def outage(self) -> Callable[..., dict[str, Any]]:
+        """Changes go on while the relay is down for ``outage`` seconds: what each system delivers once it
+        is back (the relay comes back on the same port), and how long after its return the last mail
+        arrives. A job that fails is left to the library's own default retry behaviour."""
+        p = self.profile
+
+        def body(system: System, relay: RecordingRelay) -> dict[str, Any]:
+            system.start_workers()
+            rate = 10.0
+            before = self.load(system, int(rate * 2), rate)
+            wait_until(lambda: _unique(relay, before) >= 3 * len(before.ids), time.time() + 30)
+            port, earlier = relay.port, relay.snapshot()
+            relay.stop()
+            down_at = time.time()
+            during = self.load(system, int(rate * min(p["outage"], 20)), rate)
+            wait_until(lambda: False, down_at + p["outage"], 0.2)
+            back = RecordingRelay(port=port)
+            back_at = time.time()
+            try:
+                back.arrivals[:0] = earlier
+                expected = 3 * len(during.ids)
+                complete = wait_until(lambda: _unique(back, during) >= expected, back_at + p["outage_window"])
+                time.sleep(2)
+                stats = _count(back, during)
+            finally:
+                back.stop()
+            last = max(stats["first_at"], default=back_at)
+            return {
+                "outage_s": back_at - down_at,
+                "expected": expected,
+                "delivered": stats["unique"],
+                "lost": expected - stats["unique"],
+                "duplicated": stats["duplicated"],
+                "complete": complete,
+                "return_to_last_s": last - back_at,
+                "window_s": p["outage_window"],
+            }
+
+        return body
+
     def request(self) -> None:
         """herald only: bench_async.py's interleaved off / async / inline request latency."""
         p = self.profile
@@ -338,10 +378,13 @@ COLUMNS = {
     "kill": [("delivered_at_kill", "at kill", "d"), ("kill_to_last_s", "kill->last s", ".2f"),
              ("launch_to_last_s", "launch->last s", ".2f"), ("delivered", "delivered", "d"),
              ("lost", "lost", "d"), ("duplicated", "dup", "d")],
+    "outage": [("outage_s", "outage s", ".0f"), ("expected", "expected", "d"),
+               ("delivered", "delivered", "d"), ("lost", "lost", "d"), ("duplicated", "dup", "d"),
+               ("return_to_last_s", "return->last s", ".2f")],
 }  # fmt: skip
 # (figure, better when lower?) for the herald / best peer line
 RATIOS = {"e2e": [("p50_ms", True), ("p99_ms", True)], "drain": [("mails_per_s", False)],
-          "kill": [("kill_to_last_s", True)]}  # fmt: skip
+          "kill": [("kill_to_last_s", True)], "outage": [("return_to_last_s", True)]}  # fmt: skip
 
 
 def table(kind: str, runs: list[dict[str, Any]]) -> None:
@@ -366,7 +409,7 @@ def table(kind: str, runs: list[dict[str, Any]]) -> None:
         best = (min if lower else max)(peers, key=lambda s: peers[s])
         ratio = med["herald"] / peers[best] if peers[best] else float("nan")
         parts.append(f"{key}: herald {med['herald']:.2f} / best peer {best} {peers[best]:.2f} = {ratio:.2f}")
-    scope = " among the peers that lost nothing" if kind == "kill" else ""
+    scope = " among the peers that lost nothing" if kind in ("kill", "outage") else ""
     print(f"\nherald / best peer{scope} (medians over rounds): " + "; ".join(parts))
 
 
@@ -405,6 +448,12 @@ def main() -> None:
             "drain-fast": ("drain", lambda: SinkRelay(_free_port()), bench.drain(False), "postfix smtp-sink"),
             "drain-slow": ("drain", lambda: RecordingRelay(0.05), bench.drain(True), "aiosmtpd, DATA +50 ms"),
             "kill": ("kill", RecordingRelay, bench.kill(), "recording (aiosmtpd)"),
+            "outage": (
+                "outage",
+                RecordingRelay,
+                bench.outage(),
+                "recording (aiosmtpd), stopped then restarted",
+            ),
         }
         warm = f" (after {p['warmup']:g} s of warm-up at the same rate)"
         describe = {
@@ -414,6 +463,8 @@ def main() -> None:
             "drain-slow": f"drain of {int(p['drain'])} changes ({3 * int(p['drain'])} mails) queued first",
             "kill": f"SIGKILL one of 2 job-running processes at {KILL_AT:.0%} of a drain of {int(p['kill'])} "
             f"changes; waits up to {p['kill_window']:g} s after the kill",
+            "outage": f"the relay down for {p['outage']:g} s while changes go on at 10/s; waits up to "
+            f"{p['outage_window']:g} s after it is back",
         }  # fmt: skip
         for workload in workloads:
             if workload == "request":

@@ -84,13 +84,15 @@ class _Relay:
 class RecordingRelay(_Relay):
     """aiosmtpd that records every message (``delay`` seconds before each DATA reply)."""
 
-    def __init__(self, delay: float = 0.0) -> None:
+    def __init__(self, delay: float = 0.0, port: int = 0) -> None:
         self.kind = "slow (aiosmtpd, DATA +50 ms)" if delay else "recording (aiosmtpd)"
         self.settings = (
             f"aiosmtpd {_aiosmtpd_version()}, DATA reply after {delay * 1000:.0f} ms, backlog 1024"
         )
         self.arrivals: list[Arrival] = []
-        super().__init__([sys.executable, str(Path(__file__).resolve()), "--delay", str(delay)])
+        super().__init__(
+            [sys.executable, str(Path(__file__).resolve()), "--delay", str(delay), "--port", str(port)]
+        )
 
     def _read_port(self, stream: Any) -> int:
         line = stream.readline().decode()
@@ -210,13 +212,17 @@ class _Handler:
         return "250 2.0.0 OK"
 
 
-async def _serve(delay: float) -> None:
+async def _serve(delay: float, port: int) -> None:
     from aiosmtpd.smtp import SMTP
 
     loop = asyncio.get_running_loop()
     handler = _Handler(delay)
     server = await loop.create_server(
-        lambda: SMTP(handler, hostname="relay.bench", ident="bench relay"), "127.0.0.1", 0, backlog=1024
+        lambda: SMTP(handler, hostname="relay.bench", ident="bench relay"),
+        "127.0.0.1",
+        port,
+        backlog=1024,
+        reuse_address=True,
     )
     print(f"port {server.sockets[0].getsockname()[1]}", flush=True)
     stop = asyncio.Event()
@@ -229,4 +235,6 @@ async def _serve(delay: float) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="the bench's recording aiosmtpd relay")
     parser.add_argument("--delay", type=float, default=0.0, help="seconds before each DATA reply")
-    asyncio.run(_serve(parser.parse_args().delay))
+    parser.add_argument("--port", type=int, default=0, help="the port to listen on (0: any free one)")
+    options = parser.parse_args()
+    asyncio.run(_serve(options.delay, options.port))

@@ -320,3 +320,39 @@ def test_a_retry_builds_only_the_recipients_still_open(bed: Bed, monkeypatch):
     bed.server.accept_recipient("carol@example.org")
     run(deliverer(bed, clock=later(1)), cs, holder="2")
     assert built == ["carol@example.org"]
+
+
+def test_with_the_recorder_a_fenced_off_holder_records_nothing_either(make_bed, sqlite_db):
+    from herald.delivery.recorder import Recorder
+
+    bed = make_bed(sqlite_db)
+    cs = bed.changeset()
+    recorder = Recorder(bed.db)
+    try:
+        thief = StealAfterFirst(make_pool(bed.settings, max_connections=1), bed, cs)
+        outcome = run(deliverer(bed, thief, batch=1, recorder=recorder), cs)
+    finally:
+        recorder.close()
+    assert outcome.verdict is Verdict.LOST
+    assert all(d.status is DeliveryStatus.PENDING for d in deliveries(bed.db, cs).values())
+
+
+def test_the_recorder_commits_many_deliveries_outcomes_together(make_bed, sqlite_db):
+    from herald.delivery.recorder import Recorder
+
+    bed = make_bed(sqlite_db)
+    changes = [bed.changeset() for _ in range(12)]
+    recorder = Recorder(bed.db)
+    pool = make_pool(bed.settings, max_connections=6)
+    try:
+        with ThreadPoolExecutor(6) as senders, ThreadPoolExecutor(6) as runs:
+            d = deliverer(bed, pool, senders=senders, recorder=recorder)
+            outcomes = list(runs.map(lambda cs: run(d, cs, holder=f"h{cs}"), changes))
+    finally:
+        recorder.close()
+        pool.close()
+    assert [o.verdict for o in outcomes] == [Verdict.DONE] * 12 and sum(o.sent for o in outcomes) == 36
+    assert recorder.writes == 12  # each change: its outcomes and its settle, handed over together
+    assert recorder.commits < recorder.writes  # ... grouped into fewer transactions
+    ids = message_ids(bed.server)
+    assert len(ids) == len(set(ids)) == 36

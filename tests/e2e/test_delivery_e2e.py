@@ -296,3 +296,48 @@ def test_a_supervisor_whose_parent_dies_stops_its_workers_and_itself(stack: Stac
     wait_until(lambda: "supervisor stopped" in stack.log(), "the supervisor to stop")
     assert stack.worker_pids() == {}  # its workers stopped cleanly (heartbeats removed)
     assert stack.log().count("exited with code 0") == 2
+
+
+def test_a_relay_outage_longer_than_delivery_max_age_fails_nobody_and_drains_after(make_stack):
+    """herald 0.1 failed recipients for good about two minutes into an outage; here the outage outlasts
+    delivery_max_age itself and nobody fails, because a relay that is down charges no recipient."""
+    stack: Stack = make_stack(HERALD_DELIVERY_MAX_AGE="1")
+    stack.start_workers()
+    stack.wait_workers(2)
+    stack.burst(creations=2, updates=2)
+    stack.wait_all_delivered()
+    stack.smtp.go_down()
+    stack.burst(creations=3, updates=5)  # 24 mails owed while the relay is down
+    wait_until(lambda: "relay unusable" in stack.log(), "a worker to notice the outage")
+    time.sleep(3)  # three times delivery_max_age
+    with stack.db.session() as s:
+        assert all(
+            d.attempts == 0 for d in s.scalars(select(Delivery)) if d.status is not DeliveryStatus.SENT
+        )
+    stack.smtp.come_back()
+    back = time.monotonic()
+    tally = stack.wait_all_delivered()
+    report(
+        tally.line(
+            f"relay down 3 s past delivery_max_age: all delivered {time.monotonic() - back:.1f}s after"
+        )
+    )
+    assert (tally.lost, tally.duplicated) == (0, 0)
+    with stack.db.session() as s:
+        assert {d.status for d in s.scalars(select(Delivery))} == {DeliveryStatus.SENT}
+    assert "relay usable again" in stack.log()
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_the_sql_queue_delivers_every_change_once_and_survives_a_sigkill(make_stack, request, database):
+    url = request.getfixturevalue("pg_url") if database == "postgresql" else None
+    stack: Stack = make_stack(url, HERALD_QUEUE_BACKEND="sql")
+    stack.start_workers()
+    pids = stack.wait_workers(2)
+    stack.burst(creations=10, updates=30)
+    wait_until(lambda: len(stack.smtp.messages) >= 30, "delivery to be under way")
+    os.kill(sorted(pids.values())[0], signal.SIGKILL)
+    in_flight = stack.in_flight()
+    tally = stack.wait_all_delivered(timeout=60)
+    report(tally.line(f"SQL queue on {database}, SIGKILL of one worker ({in_flight} in flight)"))
+    assert tally.lost == 0 and tally.duplicated <= in_flight

@@ -26,15 +26,18 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future, as_completed
 from datetime import datetime, timedelta
 from typing import Protocol
+
+from sqlalchemy import Connection
 
 from herald.config import DispatchMode, Settings
 from herald.delivery.gate import RelayGate
 from herald.delivery.leases import HeldLeases
 from herald.delivery.outcome import DeliveryOutcome, Verdict
 from herald.delivery.policy import RetryPolicy, format_age
+from herald.delivery.recorder import FENCED, Recorder
 from herald.mail.errors import MailConfigError, MailConnectionError, MailError, PermanentMailError
 from herald.mail.transport import Receipt
 from herald.notify.message import NOREPLY, mail_domain
@@ -53,6 +56,8 @@ __all__ = ["Deliverer", "Relay", "reply_text"]
 log = logging.getLogger("herald.notification")
 
 _BUSY_MARGIN = 0.5  # look again this long after another holder's lease would run out
+#: A send slower than this on average (a relay that makes us wait) fans a batch out to the sender threads.
+FANOUT_ABOVE_SECONDS = 0.004
 #: Recipients rendered and sent per batch (and recorded per transaction): bounds memory and the messages
 #: in flight whatever the recipient count.
 BATCH = 64
@@ -107,6 +112,8 @@ class Deliverer:
     """Runs deliveries through one :class:`Relay`; thread-safe, share one per process.
 
     ``senders`` runs the sends of a batch in parallel (None: one after another in the calling thread).
+    ``recorder``, when given, commits each outcome as soon as its send completes, together with the other
+    deliveries' (group commit); without one, a run records its outcomes once per batch itself.
     ``gate``, when given, makes runs hold while the relay is down. ``leases`` collects the locks held now,
     for the process's lease keeper; without a keeper, ``lease_seconds`` must outlast a whole run.
     """
@@ -120,6 +127,7 @@ class Deliverer:
         senders: Executor | None = None,
         gate: RelayGate | None = None,
         leases: HeldLeases | None = None,
+        recorder: Recorder | None = None,
         lease_seconds: float | None = None,
         batch: int = BATCH,
         rng: random.Random | None = None,
@@ -133,6 +141,7 @@ class Deliverer:
         self.senders = senders
         self.gate = gate
         self.leases = leases if leases is not None else HeldLeases()
+        self.recorder = recorder
         self.policy = RetryPolicy.from_settings(settings)
         self.lease_seconds = settings.lease_seconds if lease_seconds is None else lease_seconds
         self.batch = max(1, batch)
@@ -140,6 +149,10 @@ class Deliverer:
         self._secret = settings.secret_key
         self._rng = rng
         self.clock = clock
+        #: Moving average of a send's duration: the sends of a batch are fanned out to the sender threads
+        #: only when sending waits (a slow relay); against a fast one the hand-offs between threads would
+        #: cost more than they save, and the deliveries running side by side are parallel enough.
+        self.send_seconds = FANOUT_ABOVE_SECONDS
 
     def deliver(
         self,
@@ -240,8 +253,11 @@ class Deliverer:
             return _Held(gate.reason)
         if not keep_going():
             return _Held(_STOPPING)
+        started = time.perf_counter()
         try:
-            return self.relay.send_bytes(wire.raw, self.sender, wire.address, message_id=wire.message_id)
+            receipt = self.relay.send_bytes(wire.raw, self.sender, wire.address, message_id=wire.message_id)
+            self.send_seconds += (time.perf_counter() - started - self.send_seconds) * 0.1
+            return receipt
         except Exception as exc:
             if relay_down(exc):
                 if gate is not None:
@@ -274,6 +290,8 @@ class _Run:
         self.interrupted = False
         self.held: list[Recipient] = []
         self.last_error: str | None = None
+        self.outcomes: list[Outcome] = []  # not yet handed to the database
+        self.pending: list[Future[object]] = []  # handed to the recorder, not yet confirmed
 
     def run(self) -> DeliveryOutcome:
         try:
@@ -302,7 +320,6 @@ class _Run:
         todo = deque(r for r in prepared.recipients if self.rows[r.address].due(now))
         age = (now - self.lease.created_at).total_seconds()
         delayed = format_age(age) if age >= self.d.settings.stale_after_seconds else None
-        outcomes: list[Outcome] = []
         while todo:
             if not self.keep_going():
                 self.interrupted = True
@@ -310,17 +327,16 @@ class _Run:
             if not self._relay_usable():
                 break
             chunk = [todo.popleft() for _ in range(min(self.d.batch, len(todo)))]
-            held = self._send(chunk, delayed, outcomes)
+            held = self._send(chunk, delayed)
             if held:
                 if self.d.gate is None:  # inline: leave them open for the recovery worker
                     self.held.extend(held)
                 else:
                     todo.extendleft(reversed(held))
-            if todo and outcomes:
-                self._record(outcomes)
-                outcomes = []
+            if todo:
+                self._flush()
         self.held.extend(todo if not self.interrupted else ())
-        return self._settle(outcomes)
+        return self._settle()
 
     def _relay_usable(self) -> bool:
         """With a gate: wait while it is closed (the relay is down); False if told to stop meanwhile."""
@@ -333,10 +349,34 @@ class _Run:
                 return False
         return True
 
-    def _send(
-        self, chunk: Sequence[Recipient], delayed: str | None, outcomes: list[Outcome]
-    ) -> list[Recipient]:
-        """Render and send one batch, appending outcomes; return the recipients held back."""
+    def _emit(self, outcome: Outcome) -> None:
+        """An outcome is known; it is written with its batch's."""
+        self.outcomes.append(outcome)
+
+    def _flush(self) -> None:
+        """Between batches: write the batch's outcomes, through the recorder (group commit, without
+        waiting) or in a transaction of our own; raise :class:`_Fenced` once the fence is known lost."""
+        outcomes, self.outcomes = self.outcomes, []
+        recorder = self.d.recorder
+        if recorder is None:
+            if outcomes:
+                self._record(outcomes)
+            return
+        if any(f.done() and f.exception() is None and f.result() is FENCED for f in self.pending):
+            raise _Fenced()
+        if outcomes:
+            self.pending.append(recorder.record(self.lease, outcomes))
+
+    def _confirm(self) -> None:
+        """Wait until the recorder wrote every outcome handed to it; raise :class:`_Fenced` if the fence
+        was lost (or the write's error)."""
+        pending, self.pending = self.pending, []
+        if any(f.result() is FENCED for f in pending):
+            raise _Fenced()
+
+    def _send(self, chunk: Sequence[Recipient], delayed: str | None) -> list[Recipient]:
+        """Render and send one batch, emitting each outcome as it completes; return the recipients held
+        back."""
         wires: list[tuple[Recipient, Wire]] = []
         for recipient in chunk:
             try:
@@ -344,18 +384,16 @@ class _Run:
             except ValueError as exc:  # an address or header that must not go out: never sendable
                 reply = f"not sent: {exc}"
                 self._log_failure(recipient, reply, "permanent failure")
-                outcomes.append(
-                    Outcome(recipient.address, DeliveryStatus.FAILED, reply=reply, attempted=False)
-                )
+                self._emit(Outcome(recipient.address, DeliveryStatus.FAILED, reply=reply, attempted=False))
         senders = self.d.senders
         go = self.keep_going
-        if senders is None or len(wires) <= 1:
-            results = [self.d.send_one(wire, go) for _, wire in wires]
+        if senders is None or len(wires) <= 1 or self.d.send_seconds < FANOUT_ABOVE_SECONDS:
+            results = [(item, self.d.send_one(item[1], go)) for item in wires]
         else:
-            results = [f.result() for f in [senders.submit(self.d.send_one, wire, go) for _, wire in wires]]
+            futures = {senders.submit(self.d.send_one, item[1], go): item for item in wires}
+            results = ((futures[f], f.result()) for f in as_completed(futures))
         held: list[Recipient] = []
-        now = self.d.clock()
-        for (recipient, wire), result in zip(wires, results, strict=True):
+        for (recipient, wire), result in results:
             if isinstance(result, _Held):
                 if result.reason == _STOPPING:
                     self.interrupted = True
@@ -364,13 +402,10 @@ class _Run:
                 self.last_error = f"relay: {result.reason}"
             elif isinstance(result, Receipt):
                 reply = f"{result.code} {result.reply}".strip()
-                outcomes.append(
-                    Outcome(
-                        recipient.address, DeliveryStatus.SENT, reply, result.message_id or wire.message_id
-                    )
-                )
+                mid = result.message_id or wire.message_id
+                self._emit(Outcome(recipient.address, DeliveryStatus.SENT, reply, mid))
             else:
-                outcomes.append(self._failed(recipient, result, now))
+                self._emit(self._failed(recipient, result, self.d.clock()))
         return held
 
     def _failed(self, recipient: Recipient, exc: BaseException, now: datetime) -> Outcome:
@@ -414,32 +449,37 @@ class _Run:
                 raise _Fenced()
             ledger.record(conn, self.cs, outcomes, now)
 
-    def _settle(self, outcomes: Sequence[Outcome]) -> DeliveryOutcome:
-        now = self.d.clock()
-        delay = 0.0
-        with self.d.db.write() as conn:
-            if not lock.guard(conn, self.lease, now):
+    def _decide(
+        self, conn: Connection, tally: ledger.Tally, now: datetime
+    ) -> tuple[Verdict, float, ledger.Tally]:
+        """Release the lock as the ledger now stands: ``done``, or ``retrying`` due at the earliest retry."""
+        if tally.open == 0:
+            lock.finish(conn, self.lease, NotificationState.DONE, now=now)
+            return Verdict.DONE, 0.0, tally
+        due = now if tally.unscheduled or tally.next_due is None else max(now, tally.next_due)
+        if self.held and self.d.gate is None:  # inline, relay down: the recovery worker probes
+            due = max(due, now + timedelta(seconds=RetryPolicy.probe_delay(2)))
+        error = self.last_error or ("interrupted by shutdown" if self.interrupted else None)
+        lock.finish(
+            conn, self.lease, NotificationState.RETRYING, now=now, next_attempt_at=due, last_error=error
+        )
+        return Verdict.RETRY, (due - now).total_seconds(), tally
+
+    def _settle(self) -> DeliveryOutcome:
+        recorder = self.d.recorder
+        if recorder is not None:
+            self._confirm()
+            decided = recorder.settle(self.lease, self.outcomes, self._decide).result()
+            if decided is FENCED:
                 raise _Fenced()
-            ledger.record(conn, self.cs, outcomes, now)
-            tally = ledger.tally(conn, self.cs)
-            if tally.open == 0:
-                lock.finish(conn, self.lease, NotificationState.DONE, now=now)
-                verdict = Verdict.DONE
-            else:
-                due = now if tally.unscheduled or tally.next_due is None else max(now, tally.next_due)
-                if self.held and self.d.gate is None:  # inline, relay down: the recovery worker probes
-                    due = max(due, now + timedelta(seconds=RetryPolicy.probe_delay(2)))
-                delay = (due - now).total_seconds()
-                error = self.last_error or ("interrupted by shutdown" if self.interrupted else None)
-                lock.finish(
-                    conn,
-                    self.lease,
-                    NotificationState.RETRYING,
-                    now=now,
-                    next_attempt_at=due,
-                    last_error=error,
-                )
-                verdict = Verdict.RETRY
+            verdict, delay, tally = decided
+        else:
+            now = self.d.clock()
+            with self.d.db.write() as conn:
+                if not lock.guard(conn, self.lease, now):
+                    raise _Fenced()
+                ledger.record(conn, self.cs, self.outcomes, now)
+                verdict, delay, tally = self._decide(conn, ledger.tally(conn, self.cs), now)
         duration_ms = (time.perf_counter() - self.started) * 1000
         outcome = DeliveryOutcome(
             verdict,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import bindparam, func, or_, select
 from sqlalchemy.orm import Session, joinedload, lazyload, selectinload
 
 from herald.notify.sanitize import address_key
@@ -91,19 +91,59 @@ def user_ids_in(value: Any) -> Iterator[int]:
             yield item
 
 
+# The statements are built once, at import, with bind parameters: building a statement (coercing every
+# clause, computing its cache key) cost more than running it.
+_CHANGESET = (
+    select(Changeset)
+    .where(Changeset.id == bindparam("cs"))
+    .options(
+        selectinload(Changeset.changes),
+        joinedload(Changeset.artifact)
+        .joinedload(Artifact.tracker)
+        .joinedload(Tracker.project)
+        .options(lazyload(Project.memberships)),
+        joinedload(Changeset.artifact).joinedload(Artifact.tracker).selectinload(Tracker.fields),
+        joinedload(Changeset.artifact).joinedload(Artifact.tracker).selectinload(Tracker.global_lists),
+    )
+)
+_HISTORY = (
+    select(FieldChange.field_id, FieldChange.new_value)
+    .join(Changeset, FieldChange.changeset_id == Changeset.id)
+    .where(Changeset.artifact_id == bindparam("artifact"), Changeset.id <= bindparam("cs"))
+    .order_by(Changeset.id, FieldChange.id)
+)
+_COMMENTATORS = (
+    select(Changeset.author_id)
+    .where(
+        Changeset.artifact_id == bindparam("artifact"),
+        Changeset.id <= bindparam("cs"),
+        Changeset.comment.is_not(None),
+        Changeset.comment != "",
+    )
+    .distinct()
+)
+_SUBSCRIPTIONS = select(ArtifactSubscription.user_id, ArtifactSubscription.state).where(
+    ArtifactSubscription.artifact_id == bindparam("artifact")
+)
+_TRACKER_UNSUBSCRIBED = select(TrackerUnsubscription.user_id).where(
+    TrackerUnsubscription.tracker_id == bindparam("tracker"),
+    TrackerUnsubscription.user_id.in_(bindparam("ids", expanding=True)),
+)
+_ROLES = select(Membership.user_id, Membership.role).where(
+    Membership.project_id == bindparam("project"), Membership.user_id.in_(bindparam("ids", expanding=True))
+)
+_USERS = select(User).where(User.id.in_(bindparam("ids", expanding=True)))
+_USERS_OR_ADDRESSES = select(User).where(
+    or_(
+        User.id.in_(bindparam("ids", expanding=True)),
+        func.lower(User.email).in_(bindparam("keys", expanding=True)),
+    )
+)
+
+
 def load_context(session: Session, changeset_id: int) -> ChangeContext | None:
     """Everything about ``changeset_id``, or None if that changeset no longer exists."""
-    changeset = session.execute(
-        select(Changeset)
-        .where(Changeset.id == changeset_id)
-        .options(
-            selectinload(Changeset.changes),
-            joinedload(Changeset.artifact)
-            .joinedload(Artifact.tracker)
-            .joinedload(Tracker.project)
-            .options(lazyload(Project.memberships)),
-        )
-    ).scalar_one_or_none()
+    changeset = session.execute(_CHANGESET, {"cs": changeset_id}).unique().scalar_one_or_none()
     if changeset is None:
         return None
     artifact = changeset.artifact
@@ -111,32 +151,13 @@ def load_context(session: Session, changeset_id: int) -> ChangeContext | None:
     project = tracker.project
     fields = {f.id: f for f in sorted(tracker.fields, key=lambda f: (f.position, f.id))}
 
-    history = session.execute(
-        select(FieldChange.field_id, FieldChange.new_value)
-        .join(Changeset, FieldChange.changeset_id == Changeset.id)
-        .where(Changeset.artifact_id == artifact.id, Changeset.id <= changeset.id)
-        .order_by(Changeset.id, FieldChange.id)
-    ).all()
+    at = {"artifact": artifact.id, "cs": changeset.id}
+    history = session.execute(_HISTORY, at).all()
     values = {fid: v for fid, v in replay((fid, new) for fid, new in history).items() if fid in fields}
     changes = [c for c in changeset.changes if c.field_id in fields and c.old_value != c.new_value]
 
-    commentator_ids = frozenset(
-        session.scalars(
-            select(Changeset.author_id)
-            .where(
-                Changeset.artifact_id == artifact.id,
-                Changeset.id <= changeset.id,
-                Changeset.comment.is_not(None),
-                Changeset.comment != "",
-            )
-            .distinct()
-        )
-    )
-    subscriptions = session.execute(
-        select(ArtifactSubscription.user_id, ArtifactSubscription.state).where(
-            ArtifactSubscription.artifact_id == artifact.id
-        )
-    ).all()
+    commentator_ids = frozenset(session.scalars(_COMMENTATORS, at))
+    subscriptions = session.execute(_SUBSCRIPTIONS, {"artifact": artifact.id}).all()
     follower_ids = frozenset(u for u, state in subscriptions if state is SubscriptionState.FOLLOWING)
     artifact_unsubscribed = frozenset(
         u for u, state in subscriptions if state is SubscriptionState.UNSUBSCRIBED
@@ -157,19 +178,10 @@ def load_context(session: Session, changeset_id: int) -> ChangeContext | None:
             owners.setdefault(key, set()).add(user.id)
     ids = list(users)
     tracker_unsubscribed = frozenset(
-        session.scalars(
-            select(TrackerUnsubscription.user_id).where(
-                TrackerUnsubscription.tracker_id == tracker.id, TrackerUnsubscription.user_id.in_(ids)
-            )
-        )
+        session.scalars(_TRACKER_UNSUBSCRIBED, {"tracker": tracker.id, "ids": ids})
     )
     roles: dict[int, Role] = {
-        uid: role
-        for uid, role in session.execute(
-            select(Membership.user_id, Membership.role).where(
-                Membership.project_id == project.id, Membership.user_id.in_(ids)
-            )
-        )
+        uid: role for uid, role in session.execute(_ROLES, {"project": project.id, "ids": ids})
     }
     return ChangeContext(
         changeset=changeset,
@@ -202,7 +214,8 @@ def _user_ids_named(
 
 
 def _load_users(session: Session, ids: set[int], address_keys: set[str]) -> dict[int, User]:
-    condition = User.id.in_(ids)
     if address_keys:
-        condition = or_(condition, func.lower(User.email).in_(address_keys))
-    return {u.id: u for u in session.scalars(select(User).where(condition))}
+        rows = session.scalars(_USERS_OR_ADDRESSES, {"ids": list(ids), "keys": list(address_keys)})
+    else:
+        rows = session.scalars(_USERS, {"ids": list(ids)})
+    return {u.id: u for u in rows}

@@ -6,6 +6,8 @@ client, redis-py) that releases the GIL while it waits, and a slow relay is wait
 - the **claimer** (the main thread) blocks on the queue for as many jobs as there are free delivery slots —
   a job is picked up as soon as it is pushed — and stops claiming while the relay gate is closed;
 - **delivery threads** (``worker_concurrency``) each run one delivery (:mod:`herald.delivery`);
+- one **recorder** commits the outcomes of all of them as their sends complete, many per transaction
+  (:mod:`herald.delivery.recorder`);
 - **sender threads** (this process's share of ``smtp_max_connections``) send the recipients of those
   deliveries in parallel, each over a pooled connection to the relay, reused across jobs;
 - one **lease keeper** renews the queue lease of every job in hand and every outbox lock, each in one round
@@ -33,6 +35,7 @@ from types import FrameType
 
 from herald.config import DispatchMode, Settings
 from herald.delivery import Deliverer, DeliveryOutcome, HeldLeases, RelayGate, RetryPolicy, Verdict, backoff
+from herald.delivery.recorder import Recorder
 from herald.delivery.run import Relay
 from herald.mail import make_pool
 from herald.outbox import lock
@@ -164,8 +167,15 @@ class Worker:
         self.keeper = LeaseKeeper(self.queue, self.db, self.leases, settings.lease_seconds)
         self._senders = ThreadPoolExecutor(self.connections, thread_name_prefix=f"{self.name}-send")
         self._runners = ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"{self.name}-run")
+        self.recorder = Recorder(self.db)
         self.deliverer = Deliverer(
-            self.db, settings, self.relay, senders=self._senders, gate=self.gate, leases=self.leases
+            self.db,
+            settings,
+            self.relay,
+            senders=self._senders,
+            gate=self.gate,
+            leases=self.leases,
+            recorder=self.recorder,
         )
         self.policy = RetryPolicy.from_settings(settings)
         self.hooks = Hooks(hooks if hooks is not None else [LogHook(), HeartbeatHook(self.db)])
@@ -343,6 +353,7 @@ class Worker:
 
     def _close(self) -> None:
         self._senders.shutdown(wait=False, cancel_futures=True)
+        self.recorder.close()
         for close in (self.relay.close, self.queue.close, self.db.dispose):
             try:
                 close()
