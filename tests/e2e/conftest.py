@@ -13,6 +13,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -186,6 +187,20 @@ class Stack:
                 ).all()
             )
         return len(received - {(cs, a) for cs, a in sent})
+
+    def freeze(self, pid: int) -> int:
+        """SIGSTOP ``pid``, let the server take in what it had already written, and return the mails in
+        flight: accepted by the server, not recorded as sent. Taken before any successor can act (leases
+        are seconds long, a frozen process is not seen as dead), so it bounds what may be sent twice."""
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(1.0)  # under CI load the server may take a while to read what was already sent
+        return self.in_flight()
+
+    def kill(self, pid: int) -> int:
+        """Freeze ``pid`` (counting its mails in flight), then SIGKILL it; returns the count."""
+        in_flight = self.freeze(pid)
+        os.kill(pid, signal.SIGKILL)
+        return in_flight
 
     def duplicates(self) -> dict[str, int]:
         ids = Counter(str(m.message()["Message-ID"]) for m in self.smtp.messages)

@@ -57,8 +57,7 @@ def test_sigkill_of_a_worker_mid_send_loses_nothing(stack: Stack):
     wait_until(lambda: stack.smtp.data_count >= 10, "the 10th message to hang")
     holder = wait_until(lambda: _running_holder(stack), "the hung job's holder")
     pid = int(holder.split(":")[-2])
-    os.kill(pid, signal.SIGKILL)
-    in_flight = stack.in_flight()  # accepted by the server, not yet recorded: the killed worker's batch
+    in_flight = stack.kill(pid)  # accepted by the server, not yet recorded: the killed worker's batch
     tally = stack.wait_all_delivered()
     report(tally.line(f"SIGKILL of worker pid {pid} mid-send ({in_flight} in flight)"))
     assert tally.lost == 0
@@ -73,8 +72,7 @@ def test_sigkill_of_a_worker_at_a_random_moment_loses_nothing(stack: Stack):
     kill_after = stack.rng.randint(10, 90)
     wait_until(lambda: len(stack.smtp.messages) >= kill_after, f"{kill_after} messages")
     victim = stack.rng.choice(sorted(pids.values()))
-    os.kill(victim, signal.SIGKILL)
-    in_flight = stack.in_flight()
+    in_flight = stack.kill(victim)
     tally = stack.wait_all_delivered()
     report(tally.line(f"SIGKILL of worker pid {victim} after {kill_after} messages, {in_flight} in flight"))
     assert tally.lost == 0 and tally.duplicated <= in_flight, stack.duplicates()
@@ -90,12 +88,11 @@ def test_a_killed_workers_jobs_go_to_the_live_one_at_once_not_after_the_lease(ma
     wait_until(lambda: stack.smtp.data_count >= 10, "the 10th message to hang")
     holder = wait_until(lambda: _running_holder(stack), "the hung job's holder")
     pid = int(holder.split(":")[-2])
-    os.kill(pid, signal.SIGKILL)
+    in_flight = stack.kill(pid)
     killed = time.monotonic()
-    in_flight = stack.in_flight()
     tally = stack.wait_all_delivered(timeout=30)  # well under the 60 s lease
     recovered = time.monotonic() - killed
-    report(tally.line(f"SIGKILL with a 60 s lease: last mail {recovered:.1f}s after the kill"))
+    report(tally.line(f"SIGKILL, 60 s lease: last mail {recovered:.1f}s after the kill, {in_flight} in flight"))
     assert tally.lost == 0 and tally.duplicated <= in_flight
     assert "handed back" in stack.log()
 
@@ -110,9 +107,8 @@ def test_a_worker_frozen_past_its_lease_is_fenced_off_when_it_wakes(stack: Stack
     wait_until(lambda: stack.smtp.data_count >= 5, "the 5th message to hang")
     holder = wait_until(lambda: _running_holder(stack), "the hung job's holder")
     pid = int(holder.split(":")[-2])
-    os.kill(pid, signal.SIGSTOP)
+    in_flight = stack.freeze(pid)
     try:
-        in_flight = stack.in_flight()
         tally = stack.wait_all_delivered()  # the lease (2 s) runs out; the other worker takes over
     finally:
         os.kill(pid, signal.SIGCONT)
@@ -336,8 +332,7 @@ def test_the_sql_queue_delivers_every_change_once_and_survives_a_sigkill(make_st
     pids = stack.wait_workers(2)
     stack.burst(creations=10, updates=30)
     wait_until(lambda: len(stack.smtp.messages) >= 30, "delivery to be under way")
-    os.kill(sorted(pids.values())[0], signal.SIGKILL)
-    in_flight = stack.in_flight()
+    in_flight = stack.kill(sorted(pids.values())[0])
     tally = stack.wait_all_delivered(timeout=60)
     report(tally.line(f"SQL queue on {database}, SIGKILL of one worker ({in_flight} in flight)"))
     assert tally.lost == 0 and tally.duplicated <= in_flight

@@ -386,7 +386,9 @@ class _Run:
                 self._log_failure(recipient, reply, "permanent failure")
                 self._emit(Outcome(recipient.address, DeliveryStatus.FAILED, reply=reply, attempted=False))
         senders = self.d.senders
-        go = self.keep_going
+
+        def go() -> bool:  # asked before each send: told to stop, or our lease may have gone (frozen)?
+            return self.keep_going() and self.d.leases.alive(self.lease)
         if senders is None or len(wires) <= 1 or self.d.send_seconds < FANOUT_ABOVE_SECONDS:
             results = [(item, self.d.send_one(item[1], go)) for item in wires]
         else:

@@ -182,16 +182,16 @@ def guard(conn: Connection, lease: Lease, now: datetime) -> bool:
     return conn.execute(_GUARD, params).first() is not None
 
 
-def renew_all(conn: Connection, leases: Sequence[Lease], now: datetime) -> None:
-    """Push out every lease a process holds, in one statement (its lease keeper calls this)."""
-    if leases:
-        conn.execute(
-            _RENEW,
-            [
-                {"cs": lease.changeset_id, "b_fence": lease.fence, "until": lease.until(now)}
-                for lease in leases
-            ],
-        )
+def renew_all(conn: Connection, leases: Sequence[Lease], now: datetime) -> list[Lease]:
+    """Push out every lease a process holds (its lease keeper calls this every third of a lease); return
+    those still ours. One statement each, run every few seconds: the keeper must know which were renewed,
+    so that a holder that lost its lock (it was frozen) does not believe it still has it."""
+    renewed = []
+    for lease in leases:
+        params = {"cs": lease.changeset_id, "b_fence": lease.fence, "until": lease.until(now)}
+        if conn.execute(_RENEW, params).rowcount == 1:  # type: ignore[attr-defined]
+            renewed.append(lease)
+    return renewed
 
 
 def finish(

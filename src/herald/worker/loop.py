@@ -111,8 +111,10 @@ class LeaseKeeper:
         held = self.leases.snapshot()
         if held:
             try:
+                since = time.monotonic()
                 with self.db.write() as conn:
-                    lock.renew_all(conn, held, utcnow())
+                    renewed = lock.renew_all(conn, held, utcnow())
+                self.leases.renewed(renewed, since)
             except Exception as exc:
                 log.warning("could not renew %d notification lock(s): %s", len(held), exc)
 
