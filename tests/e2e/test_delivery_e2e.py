@@ -92,7 +92,9 @@ def test_a_killed_workers_jobs_go_to_the_live_one_at_once_not_after_the_lease(ma
     killed = time.monotonic()
     tally = stack.wait_all_delivered(timeout=30)  # well under the 60 s lease
     recovered = time.monotonic() - killed
-    report(tally.line(f"SIGKILL, 60 s lease: last mail {recovered:.1f}s after the kill, {in_flight} in flight"))
+    report(
+        tally.line(f"SIGKILL, 60 s lease: last mail {recovered:.1f}s after the kill ({in_flight} in flight)")
+    )
     assert tally.lost == 0 and tally.duplicated <= in_flight
     assert "handed back" in stack.log()
 

@@ -389,6 +389,7 @@ class _Run:
 
         def go() -> bool:  # asked before each send: told to stop, or our lease may have gone (frozen)?
             return self.keep_going() and self.d.leases.alive(self.lease)
+
         if senders is None or len(wires) <= 1 or self.d.send_seconds < FANOUT_ABOVE_SECONDS:
             results = [(item, self.d.send_one(item[1], go)) for item in wires]
         else:

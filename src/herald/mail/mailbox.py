@@ -26,8 +26,6 @@ from herald.mail.transport import (
     Transport,
     check_envelope,
     message_id,
-    needs_smtputf8,
-    serialize,
 )
 
 __all__ = ["AmbiguousKey", "MailSummary", "MailboxTransport", "find_keys", "read_bytes", "resolve_key"]
@@ -79,14 +77,6 @@ class MailboxTransport(Transport):
     def path(self) -> Path:
         """The Maildir directory."""
         return self._path
-
-    def send(self, message: EmailMessage, sender: str, recipient: str) -> Receipt:
-        """Store ``message`` for ``recipient``; the key is in the receipt's reply."""
-        check_envelope(sender, recipient)
-        utf8 = needs_smtputf8(sender, recipient)
-        return self.send_bytes(
-            serialize(message, utf8=utf8), sender, recipient, message_id=message_id(message), utf8=utf8
-        )
 
     def send_bytes(
         self,

@@ -17,14 +17,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from email.message import EmailMessage
 
 from herald.config import Settings
 from herald.mail.errors import MailError
 from herald.mail.mailbox import MailboxTransport
 from herald.mail.ratelimit import RateLimiter
 from herald.mail.smtp import SmtpTransport
-from herald.mail.transport import Receipt, Transport, check_envelope, message_id, needs_smtputf8, serialize
+from herald.mail.transport import Receipt, Transport, check_envelope
 
 __all__ = ["DEFAULT_MAX_IDLE", "RelayPool", "make_pool"]
 
@@ -80,13 +79,6 @@ class RelayPool(Transport):
             return {"busy": self._busy, "idle": len(self._idle), "max": self._max}
 
     # --- sending -------------------------------------------------------------------------------------
-
-    def send(self, message: EmailMessage, sender: str, recipient: str) -> Receipt:
-        """Serialize and check ``message``, then :meth:`send_bytes` it."""
-        check_envelope(sender, recipient)
-        utf8 = needs_smtputf8(sender, recipient)
-        raw = serialize(message, utf8=utf8)
-        return self.send_bytes(raw, sender, recipient, message_id=message_id(message), utf8=utf8)
 
     def send_bytes(
         self,

@@ -9,7 +9,6 @@ import re
 import smtplib
 import ssl
 import threading
-from email.message import EmailMessage
 
 from herald.config import Settings
 from herald.mail.errors import (
@@ -25,9 +24,7 @@ from herald.mail.transport import (
     Receipt,
     Transport,
     check_envelope,
-    message_id,
     needs_smtputf8,
-    serialize,
 )
 
 __all__ = ["SmtpTransport"]
@@ -71,13 +68,6 @@ class SmtpTransport(Transport):
             f"SmtpTransport(host={self._host!r}, port={self._port}, security={self._security!r}, "
             f"user={self._user!r})"
         )
-
-    def send(self, message: EmailMessage, sender: str, recipient: str) -> Receipt:
-        """Deliver ``message`` to ``recipient`` alone; raises a classified :class:`MailError`."""
-        check_envelope(sender, recipient)
-        utf8 = needs_smtputf8(sender, recipient)
-        raw = serialize(message, utf8=utf8)
-        return self.send_bytes(raw, sender, recipient, message_id=message_id(message), utf8=utf8)
 
     def send_bytes(
         self,

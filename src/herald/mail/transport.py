@@ -35,14 +35,19 @@ class Receipt:
 
 
 class Transport(Protocol):
-    """Delivers ready-built messages. Implementations subclass this to inherit context-manager support."""
+    """Delivers ready-built messages. Implementations subclass this to inherit :meth:`send` (serialize,
+    then :meth:`send_bytes`) and context-manager support."""
 
     def send(self, message: EmailMessage, sender: str, recipient: str) -> Receipt:
-        """Deliver ``message`` to ``recipient`` alone, with ``sender`` as the envelope sender.
+        """Deliver ``message`` to ``recipient`` alone, with ``sender`` as the envelope sender: serialized
+        and header-checked, then handed to :meth:`send_bytes`.
 
         Raises a :class:`~herald.mail.errors.MailError`: transient or permanent, as its type says.
         """
-        ...
+        check_envelope(sender, recipient)
+        utf8 = needs_smtputf8(sender, recipient)
+        raw = serialize(message, utf8=utf8)
+        return self.send_bytes(raw, sender, recipient, message_id=message_id(message), utf8=utf8)
 
     def send_bytes(
         self,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from email.message import EmailMessage
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -67,23 +68,28 @@ def _mail_context(ctx: ChangeContext, settings: Settings, author_name: str) -> M
     )
 
 
-def _outgoing(
-    renderer: ChangesetRenderer, builder: MessageBuilder, recipient: Recipient, secret: str
-) -> Outgoing:
+def _parts(renderer: ChangesetRenderer, mc: MailContext, recipient: Recipient, secret: str) -> dict[str, Any]:
+    """What a message builder needs for ``recipient``: its rendering, personalized, and its links."""
     rendering = renderer.render(recipient)
     links = None
     if recipient.user is not None:
-        links = UnsubscribeLinks.make(secret, recipient.user.id, builder.mc)
+        links = UnsubscribeLinks.make(secret, recipient.user.id, mc)
     text, html = rendering.personalize(links.url if links else None)
-    message = builder.build(
-        address=recipient.address,
-        reason=recipient.reason,
-        subject=rendering.subject,
-        text=text,
-        html=html,
-        to_name=recipient.user.real_name if recipient.user is not None else "",
-        unsubscribe=links,
-    )
+    return {
+        "address": recipient.address,
+        "reason": recipient.reason,
+        "subject": rendering.subject,
+        "text": text,
+        "html": html,
+        "to_name": recipient.user.real_name if recipient.user is not None else "",
+        "unsubscribe": links,
+    }
+
+
+def _outgoing(
+    renderer: ChangesetRenderer, builder: MessageBuilder, recipient: Recipient, secret: str
+) -> Outgoing:
+    message = builder.build(**_parts(renderer, builder.mc, recipient, secret))
     return Outgoing(
         address=recipient.address,
         user_id=recipient.user_id,
@@ -155,20 +161,8 @@ class PreparedChange:
         ``delayed``, which adds ``X-Herald-Delayed``)."""
         if self._builder is None:
             self._builder = WireBuilder(self._mc)
-        rendering = self._renderer.render(recipient)
-        links = None
-        if recipient.user is not None:
-            links = UnsubscribeLinks.make(self._secret, recipient.user.id, self._mc)
-        text, html = rendering.personalize(links.url if links else None)
         return self._builder.build(
-            address=recipient.address,
-            reason=recipient.reason,
-            subject=rendering.subject,
-            text=text,
-            html=html,
-            to_name=recipient.user.real_name if recipient.user is not None else "",
-            unsubscribe=links,
-            delayed=delayed,
+            **_parts(self._renderer, self._mc, recipient, self._secret), delayed=delayed
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -49,7 +50,7 @@ def create_app(settings: Settings, *, dispatcher_factory: DispatcherFactory | No
     app = FastAPI(
         title="herald",
         summary="Notification backend for issue trackers",
-        version="0.1.0",
+        version=importlib.metadata.version("herald"),
         lifespan=lifespan,
         # Starlette builds its trailing-slash redirects from the Host header, which the client chooses
         # (issue 9, defect 10); herald's own redirects are relative.
