@@ -199,6 +199,7 @@ class Settings:
     delivery_max_age: float = 5 * 24 * 3600.0
     worker_grace_seconds: float = 30.0
     worker_concurrency: int = 32
+    inline_max_recipients: int = 200
     smtp_max_connections: int = 64
     smtp_rate_limit: RateLimit | None = None
 
@@ -431,6 +432,7 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "delivery_max_age": lambda key, value: parse_duration(key, value, 1.0, 60 * 24 * 3600.0),
     "worker_grace_seconds": _as_float(0, 3600),
     "worker_concurrency": _as_int(1, 1024),
+    "inline_max_recipients": _as_int(1, 1_000_000),
     "smtp_max_connections": _as_int(1, 1024),
     "smtp_rate_limit": lambda _key, value: parse_rate_limit(value),
 }

@@ -160,3 +160,41 @@ def test_queue_unavailable_is_what_a_dead_redis_raises(redis_bed: Bed, redis_ser
     finally:
         redis_server.start()
         close()
+
+
+def test_an_inline_change_with_too_many_recipients_goes_to_the_workers(make_bed, sqlite_db, capture_log):
+    log = capture_log("herald.dispatch")
+    bed = make_bed(sqlite_db, inline_max_recipients=2)
+    dispatcher = build_dispatcher(bed.settings, bed.db)
+    try:
+        cs = bed.changeset(DispatchMode.INLINE)  # 3 recipients
+        dispatcher.after_commit(cs, DispatchMode.INLINE)
+    finally:
+        dispatcher.close()
+    assert bed.server.messages == []  # nothing sent in the request
+    assert notification(bed.db, cs).state is NotificationState.PENDING  # the relay pushes it to a worker
+    assert any(
+        f"changeset_id={cs} has 3 recipients, more than inline_max_recipients = 2: handed to the backend "
+        "workers" in m
+        for m in log.messages()
+    )
+
+
+def test_with_a_queue_the_too_large_inline_change_is_pushed_at_once(redis_bed: Bed):
+    settings = dataclasses.replace(
+        redis_bed.settings,
+        inline_max_recipients=2,
+        async_emails=dataclasses.replace(
+            redis_bed.settings.async_emails, all=False, projects=frozenset({999})
+        ),
+    )
+    dispatcher = build_dispatcher(settings, redis_bed.db)
+    try:
+        cs = redis_bed.changeset(DispatchMode.INLINE)
+        dispatcher.after_commit(cs, DispatchMode.INLINE)
+    finally:
+        dispatcher.close()
+    with make_queue(settings) as queue:
+        job = queue.claim("test", 1.0)
+    assert job is not None and job.changeset_id == cs
+    assert redis_bed.server.messages == []

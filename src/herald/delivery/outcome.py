@@ -16,6 +16,7 @@ class Verdict(enum.StrEnum):
     GONE = "gone"  # the changeset no longer exists: ack
     BUSY = "busy"  # another process is delivering it right now: look again after ``delay``
     LOST = "lost"  # our lock was taken over (fenced off) mid-way; the new holder finishes: ack
+    TOO_MANY = "too_many"  # more recipients than the caller will deliver itself (inline): nothing done
 
 
 @dataclass(frozen=True)

@@ -163,6 +163,7 @@ class Deliverer:
         job_id: str | None = None,
         queued_at: datetime | None = None,
         keep_going: Callable[[], bool] = _always,
+        max_recipients: int | None = None,
     ) -> DeliveryOutcome:
         """Deliver what ``changeset_id`` still owes. Never raises for a mail failure; database errors
         before the lock is taken propagate (nothing was changed).
@@ -170,6 +171,8 @@ class Deliverer:
         ``holder`` names this run in the lock (unique per call). ``keep_going`` is asked before each batch
         (and while holding for the relay); when it says no (shutdown past its grace period, or the job's
         queue lease was lost) the run stops and leaves the rest due at once, for whoever comes next.
+        With ``max_recipients``, a change owed to more people is left alone (:attr:`Verdict.TOO_MANY`,
+        nothing locked or sent): inline mode hands such a change to the workers.
         """
         started = time.perf_counter()
         with self.db.read() as session:
@@ -181,6 +184,14 @@ class Deliverer:
         if early is not None:
             return self._not_locked(changeset_id, early)
         assert prepared is not None
+        if max_recipients is not None and len(prepared.recipients) > max_recipients:
+            return DeliveryOutcome(
+                Verdict.TOO_MANY,
+                changeset_id,
+                artifact_id=prepared.artifact_id,
+                recipients=len(prepared.recipients),
+                reason=f"{len(prepared.recipients)} recipients, more than {max_recipients}",
+            )
         now = self.clock()
         planned = [(r.address, r.user_id, str(r.reason)) for r in prepared.recipients]
         with self.db.write() as conn:

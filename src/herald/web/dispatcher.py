@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 from herald.config import DispatchMode, Settings
-from herald.delivery import Deliverer
+from herald.delivery import Deliverer, Verdict
 from herald.delivery.run import Relay
 from herald.mail import make_pool
 from herald.notify.dispatch import DispatchPolicy
@@ -245,9 +245,25 @@ class FrontEndDispatcher:
         self._marks.add(changeset_id, job.id, datetime.fromtimestamp(job.enqueued_at, UTC))
 
     def _inline(self, changeset_id: int) -> None:
-        self._inline_deliverer().deliver(
-            changeset_id, holder=f"{self._holder_prefix}{uuid.uuid4().hex[:12]}", mode=DispatchMode.INLINE
+        limit = self.settings.inline_max_recipients
+        outcome = self._inline_deliverer().deliver(
+            changeset_id,
+            holder=f"{self._holder_prefix}{uuid.uuid4().hex[:12]}",
+            mode=DispatchMode.INLINE,
+            max_recipients=limit,
         )
+        if outcome.verdict is Verdict.TOO_MANY:
+            # Thousands of mails must not hold a request for seconds (nor grow the web process).
+            log.info(
+                "Notification: changeset_id=%d has %d recipients, more than inline_max_recipients = %d: "
+                "handed to the backend workers",
+                changeset_id,
+                outcome.recipients,
+                limit,
+            )
+            if self._queue is not None:
+                self._push(changeset_id)
+            # Without a queue of its own the row stays pending and the relay pushes it within seconds.
 
     def close(self) -> None:
         self._marks.close()
