@@ -356,3 +356,30 @@ def test_the_recorder_commits_many_deliveries_outcomes_together(make_bed, sqlite
     assert recorder.commits < recorder.writes  # ... grouped into fewer transactions
     ids = message_ids(bed.server)
     assert len(ids) == len(set(ids)) == 36
+
+
+class SlowRelay:
+    def __init__(self, inner, seconds: float) -> None:
+        self.inner, self.seconds = inner, seconds
+
+    def send_bytes(self, raw, sender, recipient, *, message_id=None, utf8=False) -> Receipt:
+        import time
+
+        time.sleep(self.seconds)
+        return self.inner.send_bytes(raw, sender, recipient, message_id=message_id)
+
+    def probe(self) -> None:
+        self.inner.probe()
+
+
+def test_a_run_sends_nothing_once_its_lease_may_have_run_out(bed: Bed):
+    """Nobody renews this lease (as for an inline run): once it may have gone to someone else, the run
+    stops sending and leaves the rest due, instead of racing a successor."""
+    cs = bed.changeset()
+    slow = SlowRelay(make_pool(bed.settings, max_connections=1), 0.4)
+    outcome = run(deliverer(bed, slow, lease_seconds=1.0, batch=1), cs)
+    assert outcome.verdict is Verdict.RETRY and 1 <= outcome.sent < 3
+    assert len(bed.server.messages) == outcome.sent
+    assert run(deliverer(bed), cs, holder="next").verdict is Verdict.DONE
+    ids = message_ids(bed.server)
+    assert len(ids) == len(set(ids)) == 3
