@@ -7,6 +7,7 @@ default, so CI runs are repeatable). Every wait is on an event: mail received, r
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import random
@@ -190,11 +191,14 @@ class Stack:
 
     def freeze(self, pid: int) -> int:
         """SIGSTOP ``pid``, let the server take in what it had already written, and return the mails in
-        flight: accepted by the server, not recorded as sent. Taken before any successor can act (leases
-        are seconds long, a frozen process is not seen as dead), so it bounds what may be sent twice."""
+        flight: accepted by the server and not recorded as sent, or begun and not finished. Taken before
+        any successor can act (leases are seconds long, a frozen process is not seen as dead), so it
+        bounds what may be sent twice."""
         os.kill(pid, signal.SIGSTOP)
         time.sleep(1.0)  # under CI load the server may take a while to read what was already sent
-        return self.in_flight()
+        # Accepted but not recorded, plus begun and not finished (a frozen sender completes those when it
+        # wakes; a killed one never does): an upper bound on what may come twice.
+        return self.in_flight() + self.smtp.open_transactions
 
     def kill(self, pid: int) -> int:
         """Freeze ``pid`` (counting its mails in flight), then SIGKILL it; returns the count."""
@@ -220,9 +224,24 @@ class Stack:
 
     def wait_all_delivered(self, timeout: float = DEADLINE) -> Tally:
         expected = 3 * len(self.changesets)
-        wait_until(lambda: self.tally().unique >= expected, f"{expected} distinct mails", timeout=timeout)
-        wait_until(self.all_done, "every notification done", timeout=timeout)
+        try:
+            wait_until(lambda: self.tally().unique >= expected, f"{expected} distinct mails", timeout=timeout)
+            wait_until(self.all_done, "every notification done", timeout=timeout)
+        except BaseException:
+            self.dump_stacks()
+            raise
         return self.tally()
+
+    def dump_stacks(self) -> None:
+        """On a timeout: every live worker prints its threads' stacks (faulthandler, SIGUSR1) into the
+        supervisor's output, which is shown here, so a hang in CI says where it hangs."""
+        for pid in self.worker_pids().values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGUSR1)
+        time.sleep(1.0)
+        for path in sorted(self.tmp_path.glob("supervisor-*.out")):
+            print(f"--- {path.name} (last 200 lines) ---")
+            print("\n".join(path.read_text(errors="replace").splitlines()[-200:]))
 
 
 def stack_env(

@@ -98,6 +98,7 @@ class _Recorder:
         self.max_open = 0
         self.connections = 0
         self.open: set[SMTP] = set()
+        self.in_transaction: set[int] = set()  # sessions between an accepted MAIL and the end of DATA
         self.rcpt_replies: dict[str, str] = {}
         self.mail_replies: deque[str] = deque()
         self.data_replies: deque[str] = deque()
@@ -115,6 +116,8 @@ class _Recorder:
     def closed(self, proto: _RecordingSMTP) -> None:
         with self.cond:
             self.open.discard(proto)
+            if proto.session is not None:
+                self.in_transaction.discard(id(proto.session))
             self.cond.notify_all()
 
     # aiosmtpd hooks
@@ -133,6 +136,8 @@ class _Recorder:
             return reply
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
+        with self.cond:
+            self.in_transaction.add(id(session))
         return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
@@ -144,8 +149,14 @@ class _Recorder:
         envelope.rcpt_options.extend(rcpt_options)
         return "250 OK"
 
+    async def handle_RSET(self, server, session, envelope):
+        with self.cond:
+            self.in_transaction.discard(id(session))
+        return "250 OK"
+
     async def handle_DATA(self, server, session, envelope):
         with self.cond:
+            self.in_transaction.discard(id(session))
             self.data_count += 1
             self.data_times.append(time.monotonic())
             reply = self.data_replies.popleft() if self.data_replies else "250 2.0.0 OK: queued"
@@ -271,6 +282,12 @@ class SmtpServer:
                 start += 1
             most = max(most, end - start + 1)
         return most
+
+    @property
+    def open_transactions(self) -> int:
+        """Mails begun (MAIL accepted) whose DATA has not ended: a client frozen now may still finish them."""
+        with self._rec.cond:
+            return len(self._rec.in_transaction)
 
     def wait_disconnected(self, timeout: float = DEFAULT_WAIT) -> None:
         """Block until no client connection is open (e.g. after the client's QUIT)."""

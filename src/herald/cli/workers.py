@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,6 +43,8 @@ def worker(ctx: Context, worker_id: int, supervised: bool) -> None:
 
     settings = ctx.settings
     setup_logging(settings, "worker.log")
+    # `kill -USR1 <pid>` prints every thread's stack to stderr: how to see what a stuck worker waits on.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     process = Worker(settings, worker_id, parent_pid=os.getppid() if supervised else None)
     process.install_signal_handlers()
     sys.exit(process.run())

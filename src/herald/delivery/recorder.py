@@ -87,21 +87,34 @@ class Recorder:
             first = self._items.get()
             if first is None:
                 return
-            batch = [first]
-            stop = False
-            while len(batch) < MAX_BATCH:
-                try:
-                    # Linger a moment: the deliveries finishing together share one commit.
-                    item = self._items.get(timeout=LINGER_SECONDS)
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
+            try:
+                if self._drain(first):
+                    return
+            except BaseException:  # never die: a dead recorder would leave every delivery waiting
+                log.exception("the outcome recorder failed; it goes on")
+
+    def _drain(self, first: _Item) -> bool:
+        """Commit ``first`` and whatever else is queued; True if told to stop."""
+        batch = [first]
+        stop = False
+        while len(batch) < MAX_BATCH:
+            try:
+                # Linger a moment: the deliveries finishing together share one commit.
+                item = self._items.get(timeout=LINGER_SECONDS)
+            except queue.Empty:
+                break
+            if item is None:
+                stop = True
+                break
+            batch.append(item)
+        try:
             self._commit(batch)
-            if stop:
-                return
+        except BaseException as exc:
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            raise
+        return stop
 
     def _commit(self, batch: list[_Item]) -> None:
         # One fence check and one executemany per delivery, however many of its outcomes came in.

@@ -382,8 +382,18 @@ class _Run:
         """Wait until the recorder wrote every outcome handed to it; raise :class:`_Fenced` if the fence
         was lost (or the write's error)."""
         pending, self.pending = self.pending, []
-        if any(f.result() is FENCED for f in pending):
+        if any(self._answer(f) is FENCED for f in pending):
             raise _Fenced()
+
+    def _answer(self, future: Future[object]) -> object:
+        """The recorder's answer; if none comes within a lease, the run breaks off (its job is retried)
+        rather than wait for ever: the lock would be lost by then anyway."""
+        try:
+            return future.result(timeout=self.lease.seconds)
+        except TimeoutError:
+            raise RuntimeError(
+                f"the outcome recorder did not answer within {self.lease.seconds:g}s"
+            ) from None
 
     def _send(self, chunk: Sequence[Recipient], delayed: str | None) -> list[Recipient]:
         """Render and send one batch, emitting each outcome as it completes; return the recipients held
@@ -483,7 +493,7 @@ class _Run:
         recorder = self.d.recorder
         if recorder is not None:
             self._confirm()
-            decided = recorder.settle(self.lease, self.outcomes, self._decide).result()
+            decided = self._answer(recorder.settle(self.lease, self.outcomes, self._decide))
             if decided is FENCED:
                 raise _Fenced()
             verdict, delay, tally = decided

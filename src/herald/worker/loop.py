@@ -103,9 +103,11 @@ class LeaseKeeper:
         if jobs:
             try:
                 for job in self._extend(jobs):
-                    log.warning("lease of job %s lost to another worker; stopping it", job.id)
                     with self._lock:
+                        if job.id not in self._jobs:  # settled meanwhile: its lease ended with it
+                            continue
                         self.lost.add(job.id)
+                    log.warning("lease of job %s lost to another worker; stopping it", job.id)
             except QueueError as exc:  # unreachable for now: the outbox locks below still hold the changesets
                 log.warning("could not extend the leases of %d job(s): %s", len(jobs), exc)
         held = self.leases.snapshot()
