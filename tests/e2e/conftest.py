@@ -102,7 +102,7 @@ class Stack:
     def worker_pids(self) -> dict[str, int]:
         """Live workers by heartbeat name -> pid."""
         now = utcnow()
-        with self.db.session() as s:
+        with self.db.read() as s:
             rows = s.execute(
                 select(WorkerHeartbeat.name, WorkerHeartbeat.pid, WorkerHeartbeat.expires_at).where(
                     WorkerHeartbeat.kind == "worker"
@@ -179,7 +179,7 @@ class Stack:
         """Mails the server accepted whose delivery the ledger does not record as sent (yet): what a process
         killed right now may have sent without recording it, the only mails a successor may send again."""
         received = {(int(m.message()["X-Herald-Changeset-ID"]), m.rcpt_tos[0]) for m in self.smtp.messages}
-        with self.db.session() as s:
+        with self.db.read() as s:
             sent = set(
                 s.execute(
                     select(Delivery.changeset_id, Delivery.address).where(
@@ -211,7 +211,7 @@ class Stack:
         return {k: v for k, v in ids.items() if v > 1}
 
     def states(self) -> dict[str, int]:
-        with self.db.session() as s:
+        with self.db.read() as s:
             return {
                 str(state): n
                 for state, n in s.execute(
