@@ -12,6 +12,7 @@ stamp from ``X-Bench-Enqueued`` (herald's is kept by the harness, which made the
 
 from __future__ import annotations
 
+import abc
 import argparse
 import asyncio
 import re
@@ -37,7 +38,7 @@ class Arrival:
     rcpt: str
 
 
-class _Relay:
+class _Relay(abc.ABC):
     """A relay process whose stdout a thread reads; subclasses parse the lines."""
 
     kind = ""
@@ -51,17 +52,17 @@ class _Relay:
         self._reader = threading.Thread(target=self._read, args=(self.process.stdout,), daemon=True)
         self._reader.start()
 
-    def _read_port(self, stream: Any) -> int:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _read_port(self, stream: Any) -> int: ...
 
-    def _read(self, stream: Any) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _read(self, stream: Any) -> None: ...
 
-    def count(self) -> int:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def count(self) -> int: ...
 
-    def times(self) -> list[float]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def times(self) -> list[float]: ...
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -9,6 +9,7 @@ Every process is started in its own session (process group) so that ``stop`` end
 
 from __future__ import annotations
 
+import abc
 import json
 import os
 import shutil
@@ -107,26 +108,28 @@ def worker_children(pid: int, want: int = 2, timeout: float = 30) -> list[int]:
         time.sleep(0.05)
 
 
-class System:
+class System(abc.ABC):
     name = ""
 
-    def settings(self) -> str:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def settings(self) -> str: ...
 
-    def prepare(self, run_dir: Path, redis_url: str, redis_port: int, redis_password: str, smtp_port: int):
-        raise NotImplementedError
+    @abc.abstractmethod
+    def prepare(
+        self, run_dir: Path, redis_url: str, redis_port: int, redis_password: str, smtp_port: int
+    ): ...
 
-    def enqueue(self, start: int, count: int, rate: float) -> Load:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def enqueue(self, start: int, count: int, rate: float) -> Load: ...
 
-    def start_workers(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def start_workers(self) -> None: ...
 
-    def job_processes(self) -> list[int]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def job_processes(self) -> list[int]: ...
 
-    def stop(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def stop(self) -> None: ...
 
 
 # --- the peers ----------------------------------------------------------------------------------------

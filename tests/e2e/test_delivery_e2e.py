@@ -50,13 +50,7 @@ def test_many_changesets_through_the_api_are_each_delivered_exactly_once(make_st
 
 def test_sigkill_of_a_worker_mid_send_loses_nothing(stack: Stack):
     # The 10th message hangs in DATA: its worker is provably mid-job when it is killed.
-    stack.smtp.script_data(*["250 OK"] * 9, HANG)
-    stack.start_workers()
-    stack.wait_workers(2)
-    stack.burst(creations=10, updates=30)
-    wait_until(lambda: stack.smtp.data_count >= 10, "the 10th message to hang")
-    holder = wait_until(lambda: _running_holder(stack), "the hung job's holder")
-    pid = int(holder.split(":")[-2])
+    _, pid = _hang_mid_run(stack, ok=9, creations=10, updates=30)
     in_flight = stack.kill(pid)  # accepted by the server, not yet recorded: the killed worker's batch
     tally = stack.wait_all_delivered()
     report(tally.line(f"SIGKILL of worker pid {pid} mid-send ({in_flight} in flight)"))
@@ -81,13 +75,7 @@ def test_sigkill_of_a_worker_at_a_random_moment_loses_nothing(stack: Stack):
 def test_a_killed_workers_jobs_go_to_the_live_one_at_once_not_after_the_lease(make_stack):
     """With a 60 s lease, only the supervisor's hand-back can deliver the dead worker's jobs this soon."""
     stack: Stack = make_stack(HERALD_LEASE_SECONDS="60")
-    stack.smtp.script_data(*["250 OK"] * 9, HANG)  # the 10th message hangs: its worker is mid-job
-    stack.start_workers()
-    stack.wait_workers(2)
-    stack.burst(creations=10, updates=30)
-    wait_until(lambda: stack.smtp.data_count >= 10, "the 10th message to hang")
-    holder = wait_until(lambda: _running_holder(stack), "the hung job's holder")
-    pid = int(holder.split(":")[-2])
+    _, pid = _hang_mid_run(stack, ok=9, creations=10, updates=30)  # its worker is mid-job
     in_flight = stack.kill(pid)
     killed = time.monotonic()
     tally = stack.wait_all_delivered(timeout=30)  # well under the 60 s lease
@@ -107,13 +95,7 @@ def test_a_worker_frozen_past_its_lease_is_fenced_off_when_it_wakes(make_stack, 
     and stalls every other writer until it wakes (SQLite's own lock does the same), so whether the others
     can take over during the freeze would depend on where the freeze landed."""
     stack: Stack = make_stack(pg_url)
-    stack.smtp.script_data(*["250 OK"] * 4, HANG)
-    stack.start_workers()
-    stack.wait_workers(2)
-    stack.burst(creations=4, updates=4)
-    wait_until(lambda: stack.smtp.data_count >= 5, "the 5th message to hang")
-    holder = wait_until(lambda: _running_holder(stack), "the hung job's holder")
-    pid = int(holder.split(":")[-2])
+    holder, pid = _hang_mid_run(stack, ok=4, creations=4, updates=4)
     hung = _changeset_held_by(stack, holder)
     in_flight = stack.freeze(pid)
     try:
@@ -271,6 +253,18 @@ def test_with_zero_workers_nothing_is_delivered_and_the_supervisor_says_so(make_
         (supervisor,) = s.scalars(select(WorkerHeartbeat).where(WorkerHeartbeat.kind == "supervisor")).all()
         assert supervisor.info["workers_wanted"] == 0 and supervisor.info["relay"] is False
     assert stack.smtp.messages == []
+
+
+def _hang_mid_run(stack: Stack, *, ok: int, creations: int, updates: int) -> tuple[str, int]:
+    """Workers up, a burst of changes whose message number ``ok + 1`` hangs in DATA: return the holder
+    of a changeset being delivered, and its worker's pid."""
+    stack.smtp.script_data(*["250 OK"] * ok, HANG)
+    stack.start_workers()
+    stack.wait_workers(2)
+    stack.burst(creations=creations, updates=updates)
+    wait_until(lambda: stack.smtp.data_count >= ok + 1, f"message {ok + 1} to hang")
+    holder = wait_until(lambda: _running_holder(stack), "the hung job's holder")
+    return holder, int(holder.split(":")[-2])
 
 
 def _changeset_held_by(stack: Stack, holder: str) -> int:

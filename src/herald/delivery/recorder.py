@@ -53,34 +53,46 @@ class _Item:
 
 
 class Recorder:
-    """One writer thread for the deliveries of a process (see the module docstring)."""
+    """One writer thread for the deliveries of a process (see the module docstring).
 
-    def __init__(self, db: Database, clock: Callable[[], datetime] = utcnow) -> None:
+    ``threaded=False`` writes each hand-over at once in the caller's thread, through the same code: for
+    inline mode (one delivery per request, nothing to group) and tests; the futures come back done.
+    """
+
+    def __init__(
+        self, db: Database, clock: Callable[[], datetime] = utcnow, *, threaded: bool = True
+    ) -> None:
         self.db = db
         self._clock = clock
         self._items: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="outcome-recorder", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if threaded:
+            self._thread = threading.Thread(target=self._run, name="outcome-recorder", daemon=True)
+            self._thread.start()
         self.commits = 0
         self.writes = 0
 
     def record(self, lease: lock.Lease, outcomes: Sequence[Outcome]) -> Future[Any]:
         """Write ``outcomes`` of ``lease``'s delivery; the future says True, or :data:`FENCED`."""
-        item = _Item(lease, outcomes, None)
-        self._items.put(item)
-        return item.future
+        return self._hand_over(_Item(lease, outcomes, None))
 
     def settle(self, lease: lock.Lease, outcomes: Sequence[Outcome], decide: Decide) -> Future[Any]:
         """Write the last ``outcomes``, then call ``decide(conn, tally, now)`` in the same transaction (it
         finishes the lock); the future holds what ``decide`` returned, or :data:`FENCED`."""
-        item = _Item(lease, outcomes, decide)
-        self._items.put(item)
+        return self._hand_over(_Item(lease, outcomes, decide))
+
+    def _hand_over(self, item: _Item) -> Future[Any]:
+        if self._thread is None:
+            self._commit([item])
+        else:
+            self._items.put(item)
         return item.future
 
     def close(self) -> None:
         """Write what is queued, then stop the thread."""
-        self._items.put(None)
-        self._thread.join(timeout=30)
+        if self._thread is not None:
+            self._items.put(None)
+            self._thread.join(timeout=30)
 
     def _run(self) -> None:
         while True:

@@ -38,7 +38,7 @@ from herald.delivery.leases import HeldLeases
 from herald.delivery.outcome import DeliveryOutcome, Verdict
 from herald.delivery.policy import RetryPolicy, format_age
 from herald.delivery.recorder import FENCED, Recorder
-from herald.mail.errors import MailConfigError, MailConnectionError, MailError, PermanentMailError
+from herald.mail.errors import MailError, PermanentMailError
 from herald.mail.transport import Receipt
 from herald.notify.message import NOREPLY, mail_domain
 from herald.notify.notifier import PreparedChange, prepare_change
@@ -82,10 +82,7 @@ def reply_text(exc: BaseException) -> str:
 
 def relay_down(exc: BaseException) -> bool:
     """Whether a send failed because of the relay itself rather than this recipient."""
-    flag = getattr(exc, "relay_down", None)
-    if isinstance(flag, bool):
-        return flag
-    return isinstance(exc, MailConnectionError | MailConfigError)
+    return isinstance(exc, MailError) and exc.relay_down
 
 
 class _Held:
@@ -112,8 +109,8 @@ class Deliverer:
     """Runs deliveries through one :class:`Relay`; thread-safe, share one per process.
 
     ``senders`` runs the sends of a batch in parallel (None: one after another in the calling thread).
-    ``recorder``, when given, commits each outcome as soon as its send completes, together with the other
-    deliveries' (group commit); without one, a run records its outcomes once per batch itself.
+    ``recorder`` writes each batch's outcomes and the settle: a threaded one commits many deliveries'
+    together (workers); by default a synchronous one writes them at once in the run's own thread.
     ``gate``, when given, makes runs hold while the relay is down. ``leases`` collects the locks held now,
     for the process's lease keeper; without a keeper, ``lease_seconds`` must outlast a whole run.
     """
@@ -141,7 +138,7 @@ class Deliverer:
         self.senders = senders
         self.gate = gate
         self.leases = leases if leases is not None else HeldLeases()
-        self.recorder = recorder
+        self.recorder = recorder if recorder is not None else Recorder(db, clock, threaded=False)
         self.policy = RetryPolicy.from_settings(settings)
         self.lease_seconds = settings.lease_seconds if lease_seconds is None else lease_seconds
         self.batch = max(1, batch)
@@ -346,7 +343,6 @@ class _Run:
                     todo.extendleft(reversed(held))
             if todo:
                 self._flush()
-        self.held.extend(todo if not self.interrupted else ())
         return self._settle()
 
     def _relay_usable(self) -> bool:
@@ -360,23 +356,14 @@ class _Run:
                 return False
         return True
 
-    def _emit(self, outcome: Outcome) -> None:
-        """An outcome is known; it is written with its batch's."""
-        self.outcomes.append(outcome)
-
     def _flush(self) -> None:
-        """Between batches: write the batch's outcomes, through the recorder (group commit, without
-        waiting) or in a transaction of our own; raise :class:`_Fenced` once the fence is known lost."""
+        """Between batches: hand the batch's outcomes to the recorder (without waiting for a threaded
+        one); raise :class:`_Fenced` once the fence is known lost."""
         outcomes, self.outcomes = self.outcomes, []
-        recorder = self.d.recorder
-        if recorder is None:
-            if outcomes:
-                self._record(outcomes)
-            return
+        if outcomes:
+            self.pending.append(self.d.recorder.record(self.lease, outcomes))
         if any(f.done() and f.exception() is None and f.result() is FENCED for f in self.pending):
             raise _Fenced()
-        if outcomes:
-            self.pending.append(recorder.record(self.lease, outcomes))
 
     def _confirm(self) -> None:
         """Wait until the recorder wrote every outcome handed to it; raise :class:`_Fenced` if the fence
@@ -405,7 +392,9 @@ class _Run:
             except ValueError as exc:  # an address or header that must not go out: never sendable
                 reply = f"not sent: {exc}"
                 self._log_failure(recipient, reply, "permanent failure")
-                self._emit(Outcome(recipient.address, DeliveryStatus.FAILED, reply=reply, attempted=False))
+                self.outcomes.append(
+                    Outcome(recipient.address, DeliveryStatus.FAILED, reply=reply, attempted=False)
+                )
         senders = self.d.senders
 
         def go() -> bool:  # asked before each send: told to stop, or our lease may have gone (frozen)?
@@ -427,9 +416,9 @@ class _Run:
             elif isinstance(result, Receipt):
                 reply = f"{result.code} {result.reply}".strip()
                 mid = result.message_id or wire.message_id
-                self._emit(Outcome(recipient.address, DeliveryStatus.SENT, reply, mid))
+                self.outcomes.append(Outcome(recipient.address, DeliveryStatus.SENT, reply, mid))
             else:
-                self._emit(self._failed(recipient, result, self.d.clock()))
+                self.outcomes.append(self._failed(recipient, result, self.d.clock()))
         return held
 
     def _failed(self, recipient: Recipient, exc: BaseException, now: datetime) -> Outcome:
@@ -465,14 +454,6 @@ class _Run:
             verdict,
         )
 
-    def _record(self, outcomes: Sequence[Outcome]) -> None:
-        """Commit a batch's outcomes, fenced; raises :class:`_Fenced` if the lock was taken over."""
-        now = self.d.clock()
-        with self.d.db.write() as conn:
-            if not lock.guard(conn, self.lease, now):
-                raise _Fenced()
-            ledger.record(conn, self.cs, outcomes, now)
-
     def _decide(
         self, conn: Connection, tally: ledger.Tally, now: datetime
     ) -> tuple[Verdict, float, ledger.Tally]:
@@ -490,20 +471,11 @@ class _Run:
         return Verdict.RETRY, (due - now).total_seconds(), tally
 
     def _settle(self) -> DeliveryOutcome:
-        recorder = self.d.recorder
-        if recorder is not None:
-            self._confirm()
-            decided = self._answer(recorder.settle(self.lease, self.outcomes, self._decide))
-            if decided is FENCED:
-                raise _Fenced()
-            verdict, delay, tally = decided
-        else:
-            now = self.d.clock()
-            with self.d.db.write() as conn:
-                if not lock.guard(conn, self.lease, now):
-                    raise _Fenced()
-                ledger.record(conn, self.cs, self.outcomes, now)
-                verdict, delay, tally = self._decide(conn, ledger.tally(conn, self.cs), now)
+        self._confirm()
+        decided = self._answer(self.d.recorder.settle(self.lease, self.outcomes, self._decide))
+        if decided is FENCED:
+            raise _Fenced()
+        verdict, delay, tally = decided
         duration_ms = (time.perf_counter() - self.started) * 1000
         outcome = DeliveryOutcome(
             verdict,

@@ -39,11 +39,12 @@ from herald.delivery.recorder import Recorder
 from herald.delivery.run import Relay
 from herald.mail import make_pool
 from herald.outbox import lock
-from herald.queue import Job, LeaseLost, Queue, QueueError, make_queue
+from herald.queue import Job, Queue, QueueError, make_queue
 from herald.tracker.db import Database
 from herald.tracker.models import utcnow
 from herald.worker.heartbeat import process_name
 from herald.worker.hooks import HeartbeatHook, Hook, Hooks, JobResult, LogHook
+from herald.worker.supervisor import workers_wanted
 
 __all__ = ["CLAIM_TIMEOUT_SECONDS", "LeaseKeeper", "Worker", "connection_share"]
 
@@ -57,8 +58,6 @@ QUEUE_BACKOFF_MAX_SECONDS = 5.0
 
 def connection_share(settings: Settings) -> int:
     """This worker process's share of ``smtp_max_connections`` (a per-host limit)."""
-    from herald.worker.supervisor import workers_wanted
-
     return max(1, math.ceil(settings.smtp_max_connections / max(1, workers_wanted(settings))))
 
 
@@ -102,7 +101,7 @@ class LeaseKeeper:
             jobs = list(self._jobs.values())
         if jobs:
             try:
-                for job in self._extend(jobs):
+                for job in self.queue.extend_batch(jobs):
                     with self._lock:
                         if job.id not in self._jobs:  # settled meanwhile: its lease ended with it
                             continue
@@ -119,18 +118,6 @@ class LeaseKeeper:
                 self.leases.renewed(renewed, since)
             except Exception as exc:
                 log.warning("could not renew %d notification lock(s): %s", len(held), exc)
-
-    def _extend(self, jobs: list[Job]) -> list[Job]:
-        batch = getattr(self.queue, "extend_batch", None)
-        if batch is not None:
-            return list(batch(jobs))
-        lost = []
-        for job in jobs:
-            try:
-                self.queue.extend(job)
-            except LeaseLost:
-                lost.append(job)
-        return lost
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
@@ -248,7 +235,7 @@ class Worker:
                     self.gate.wait_open(CLAIM_TIMEOUT_SECONDS)
                     continue
                 try:
-                    jobs = self._claim(free)
+                    jobs = self.queue.claim_batch(self.consumer, free, CLAIM_TIMEOUT_SECONDS)
                 except QueueError as exc:
                     self._give_back(free)
                     outage += 1
@@ -281,13 +268,6 @@ class Worker:
     def _give_back(self, slots: int) -> None:
         for _ in range(slots):
             self._slots.release()
-
-    def _claim(self, n: int) -> list[Job]:
-        batch = getattr(self.queue, "claim_batch", None)
-        if batch is not None:
-            return list(batch(self.consumer, n, CLAIM_TIMEOUT_SECONDS))
-        job = self.queue.claim(self.consumer, CLAIM_TIMEOUT_SECONDS)
-        return [job] if job is not None else []
 
     def _start(self, job: Job) -> None:
         with self._hand_lock:
