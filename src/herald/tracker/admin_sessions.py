@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from herald.tracker.models import AdminSession, utcnow
 
-__all__ = ["SessionInfo", "open_session", "purge_expired", "read_session", "revoke_session"]
+__all__ = ["SessionInfo", "open_session", "purge_expired", "read_session", "revoke_session", "touch_session"]
 
 #: A token of this many bytes of randomness (43 URL-safe characters).
 TOKEN_BYTES = 32
@@ -33,11 +33,20 @@ class SessionInfo:
 
     csrf_token: str
     created_at: datetime
+    last_seen_at: datetime
     expires_at: datetime
+
+    def needs_touch(self, now: datetime) -> bool:
+        """Whether the last use is old enough to be written again (see :data:`TOUCH_EVERY`)."""
+        return now - self.last_seen_at >= TOUCH_EVERY
 
 
 def _hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _plausible(token: str) -> bool:
+    return bool(token) and len(token) <= MAX_TOKEN_LENGTH
 
 
 def open_session(session: Session, *, lifetime: float, client: str = "", now: datetime | None = None) -> str:
@@ -60,26 +69,33 @@ def open_session(session: Session, *, lifetime: float, client: str = "", now: da
 def read_session(
     session: Session, token: str, *, idle: float, now: datetime | None = None
 ) -> SessionInfo | None:
-    """The live session ``token`` names, refreshing its last use; None if unknown, expired or idle."""
-    if not token or len(token) > MAX_TOKEN_LENGTH:
+    """The live session ``token`` names; None if unknown, revoked, past its expiry or idle too long.
+
+    Reads only: a page polled every few seconds must not write. Call :func:`touch_session` when
+    :meth:`SessionInfo.needs_touch` says so.
+    """
+    if not _plausible(token):
         return None
     now = now or utcnow()
     row = session.scalar(select(AdminSession).where(AdminSession.token_hash == _hash(token)))
-    if row is None:
+    if row is None or row.expires_at <= now or row.last_seen_at + timedelta(seconds=idle) <= now:
         return None
-    if row.expires_at <= now or row.last_seen_at + timedelta(seconds=idle) <= now:
-        session.delete(row)
-        return None
-    if now - row.last_seen_at >= TOUCH_EVERY:
+    return SessionInfo(row.csrf_token, row.created_at, row.last_seen_at, row.expires_at)
+
+
+def touch_session(session: Session, token: str, *, now: datetime | None = None) -> None:
+    """Record a use of the session now (what the idle timeout counts from)."""
+    if _plausible(token):
         session.execute(
-            update(AdminSession).where(AdminSession.token_hash == row.token_hash).values(last_seen_at=now)
+            update(AdminSession)
+            .where(AdminSession.token_hash == _hash(token))
+            .values(last_seen_at=now or utcnow())
         )
-    return SessionInfo(row.csrf_token, row.created_at, row.expires_at)
 
 
 def revoke_session(session: Session, token: str) -> bool:
     """End the session ``token`` names (sign-out); True if there was one."""
-    if not token or len(token) > MAX_TOKEN_LENGTH:
+    if not _plausible(token):
         return False
     result = session.execute(delete(AdminSession).where(AdminSession.token_hash == _hash(token)))
     return bool(result.rowcount)  # type: ignore[attr-defined]

@@ -1,4 +1,4 @@
-"""admin console sessions, stored server-side
+"""admin console sessions, stored server-side; deliveries indexed by sent_at (the console's hour chart)
 
 Revision ID: 0004_admin_sessions
 Revises: 0003
@@ -27,9 +27,13 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("admin_sessions", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_admin_sessions_expires_at"), ["expires_at"], unique=False)
+    with op.batch_alter_table("deliveries", schema=None) as batch_op:
+        batch_op.create_index("ix_deliveries_sent_at", ["sent_at"], unique=False)
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("deliveries", schema=None) as batch_op:
+        batch_op.drop_index("ix_deliveries_sent_at")
     with op.batch_alter_table("admin_sessions", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_admin_sessions_expires_at"))
     op.drop_table("admin_sessions")
