@@ -32,10 +32,16 @@ _PLAIN = {
 _SLUG = re.compile(r"[^a-z0-9]+")
 
 
-def when(value: datetime | float | int | None) -> str:
-    """A time as people read it in the console: date, time and zone (UTC, as herald keeps them)."""
-    if value is None:
+def when(value: datetime | float | int | str | None) -> str:
+    """A time as people read it in the console: date, time and zone (UTC, as herald keeps them).
+    Accepts a datetime, a unix time or an ISO 8601 string (as the outbox's detail gives them)."""
+    if value is None or value == "":
         return ""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return value
     if isinstance(value, int | float):
         if not math.isfinite(value) or not 0 <= value < 32_503_680_000:
             return "?"

@@ -169,7 +169,7 @@ def changeset(
         state_text = detail["state"]
         if detail["state"] == "retrying" and detail["next_attempt_at"]:
             state_text = (
-                f"retrying at {console.when(datetime.fromisoformat(detail['next_attempt_at']))}"
+                f"retrying at {console.when(detail['next_attempt_at'])}"
             )
     return _console(
         "changeset.html",
