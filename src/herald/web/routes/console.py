@@ -168,9 +168,7 @@ def changeset(
     if detail is not None:
         state_text = detail["state"]
         if detail["state"] == "retrying" and detail["next_attempt_at"]:
-            state_text = (
-                f"retrying at {console.when(detail['next_attempt_at'])}"
-            )
+            state_text = f"retrying at {console.when(detail['next_attempt_at'])}"
     return _console(
         "changeset.html",
         info,
