@@ -153,7 +153,8 @@ class TestActions:
         ("body", "status"),
         [
             ("job_id=../../etc", 400),
-            ("job_id=ABCDEF", 400),
+            ("job_id=a%20b", 400),
+
             ("job_id=", 400),
             ("", 400),
             ("all=2", 400),

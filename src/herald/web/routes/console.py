@@ -42,7 +42,9 @@ CONSOLE_HEADERS = {
     ),
 }
 POLL_MS = 5000
-_JOB_ID = re.compile(r"[0-9a-f]{32}")
+#: A dead letter's id: a job id (32 hex digits), or what a backend names a malformed entry by
+#: (``entry-<stream id>``, a row id): printable, no spaces, bounded.
+_LETTER_ID = re.compile(r"[A-Za-z0-9._:-]{1,200}")
 _SCRIPT = files("herald.web").joinpath("static/console.js").read_bytes()
 _NOTES = {
     "retried": "{n} dead letter(s) put back in line.",
@@ -286,8 +288,8 @@ async def _action(request: Request, runtime: Runtime) -> tuple[str | None, str]:
     if form.get("all") == "1" and "job_id" not in form:
         return None, back
     job_id = form.get("job_id", "")
-    if not _JOB_ID.fullmatch(job_id):
-        raise HTTPException(400, "job_id must be 32 lowercase hex digits (or send all=1)")
+    if not _LETTER_ID.fullmatch(job_id):
+        raise HTTPException(400, "job_id must name a dead letter, as listed on the page (or send all=1)")
     return job_id, back
 
 

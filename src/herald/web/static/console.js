@@ -45,7 +45,8 @@
     var w = 960, h = 200, top = 24;
     frame(svg, w, h, "Mails sent per minute (bars) and enqueue \u2192 sent latency (line), last hour");
     var sent = minutes.map(function (m) { return m.sent; });
-    var most = Math.max.apply(null, sent.concat([1]));
+    var peak = Math.max.apply(null, sent.concat([0]));
+    var most = Math.max(peak, 1);
     var bw = (w - 20) / Math.max(minutes.length, 1);
     minutes.forEach(function (m, i) {
       var bh = (m.sent / most) * (h - top - 24);
@@ -55,7 +56,7 @@
     });
     var lat = line(svg, minutes.map(function (m) { return m.latency_avg; }), w, h, top, "#cf222e");
     svg.appendChild(el("text", { x: w - 8, y: 16, "font-size": 12, "text-anchor": "end", fill: "#57606a" },
-      "max " + most + "/min \u00b7 latency max " + lat.toFixed(2) + " s"));
+      "max " + peak + "/min \u00b7 latency max " + lat.toFixed(2) + " s"));
     if (minutes.length) {
       svg.appendChild(el("text", { x: 10, y: h - 4, "font-size": 11, fill: "#57606a" }, minutes[0].t + " UTC"));
       svg.appendChild(el("text", { x: w - 10, y: h - 4, "font-size": 11, "text-anchor": "end", fill: "#57606a" }, minutes[minutes.length - 1].t + " UTC"));
