@@ -154,7 +154,6 @@ class TestActions:
         [
             ("job_id=../../etc", 400),
             ("job_id=a%20b", 400),
-
             ("job_id=", 400),
             ("", 400),
             ("all=2", 400),
