@@ -20,6 +20,7 @@ import httpx2 as httpx
 import pytest
 
 from herald.queue.keys import JOB_FIELD, RedisKeys
+from herald.config import Settings
 from herald.queue.redis_backend import RedisQueue
 from herald.web import create_app
 from tests.e2e.conftest import RECIPIENTS, Stack, wait_until
@@ -48,13 +49,13 @@ def browser() -> Iterator[object]:
 class Served:
     """The stack's app served over real HTTP (uvicorn in a thread, on a socket bound to a free port)."""
 
-    def __init__(self, stack: Stack) -> None:
+    def __init__(self, settings: Settings) -> None:
         import uvicorn
 
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        config = uvicorn.Config(create_app(stack.settings), log_level="warning", ws="none", lifespan="on")
+        config = uvicorn.Config(create_app(settings), log_level="warning", ws="none", lifespan="on")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
         self.thread.start()
@@ -70,7 +71,7 @@ class Served:
 def served(make_stack: Callable[..., Stack]) -> Iterator[tuple[Stack, Served]]:
     # One worker; a job claimed twice without a verdict dies (how a real changeset gets dead-lettered).
     stack = make_stack(HERALD_NB_BACKEND_WORKERS="1", HERALD_JOB_MAX_ATTEMPTS="1")
-    served = Served(stack)
+    served = Served(stack.settings)
     try:
         yield stack, served
     finally:
@@ -169,3 +170,52 @@ def test_console_in_a_browser(browser, served, tmp_path: Path) -> None:
         r = http.post("/admin/dead/discard", data={"all": "1"})
         assert r.status_code == 401
     assert errors == []
+
+
+def test_mailbox_html_is_shown_sandboxed_and_its_script_never_runs(browser, tmp_path: Path) -> None:
+    """The built-in mailbox (no SMTP server): a mail's HTML part renders in its frame, its script does not
+    run there nor in the console, and the text part is shown beside it."""
+    from email.message import EmailMessage
+
+    from playwright.sync_api import expect
+
+    from herald.config import ensure_secrets, load_settings
+    from herald.mail import MailboxTransport
+    from tests.support.tracker import make_database
+
+    settings = ensure_secrets(load_settings(env={"HERALD_DATA_DIR": str(tmp_path / "var")}))
+    make_database(settings.database_url).dispose()
+    msg = EmailMessage()
+    msg["Subject"] = "<script>document.title='pwned-subject'</script>Crash on save"
+    msg["From"] = "herald@example.org"
+    msg["To"] = "bob@example.org"
+    msg.set_content("plain words of the mail")
+    msg.add_alternative(
+        "<p id=rich>rich <b>words</b></p>"
+        "<script>parent.document.title='pwned';document.body.append('ran')</script>"
+        "<img src=x onerror=\"parent.document.title='pwned-img'\">",
+        subtype="html",
+    )
+    MailboxTransport(settings).send(msg, "herald@example.org", "bob@example.org")
+
+    site = Served(settings)
+    try:
+        page = browser.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        dialogs: list[str] = []
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.goto(f"{site.url}/admin")
+        page.fill("input[name=token]", settings.admin_token or "")
+        page.click("button[type=submit]")
+        page.wait_for_selector("#sign-out")
+        page.click("text=Mailbox")
+        page.click("a:has-text('Crash on save')")
+        frame = page.frame_locator("#mail-html")
+        expect(frame.locator("#rich")).to_have_text("rich words")
+        expect(page.locator("#mail-text")).to_contain_text("plain words of the mail")
+        assert "ran" not in frame.locator("body").inner_text()
+        assert "pwned" not in page.title() and dialogs == []
+        assert page.locator("h1").inner_text().startswith("<script>")  # shown as text, not run
+        page.screenshot(path=str(shots_dir(tmp_path) / "console-mailbox.png"), full_page=True)
+    finally:
+        site.close()
