@@ -19,8 +19,8 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from herald.queue.keys import JOB_FIELD, RedisKeys
 from herald.config import Settings
+from herald.queue.keys import JOB_FIELD, RedisKeys
 from herald.queue.redis_backend import RedisQueue
 from herald.web import create_app
 from tests.e2e.conftest import RECIPIENTS, Stack, wait_until
