@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import re
 from dataclasses import dataclass
 from datetime import timedelta
@@ -12,13 +13,20 @@ import pytest
 from sqlalchemy import select, update
 
 from herald.mail import MailboxTransport
-from herald.ops.check import CheckReport, Status
 from herald.queue import Job
 from herald.tracker.models import AdminSession, utcnow
 from herald.web import console
 from tests.web.conftest import Api
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+class Status(enum.IntEnum):
+    """Stands for the check's status enum (the console reads only its names)."""
+
+    OK = 0
+    WARNING = 1
+    CRITICAL = 2
 
 
 def sign_in(api: Api) -> str:
@@ -291,13 +299,27 @@ class TestVerdict:
         return SimpleNamespace(settings=None, db=None, queue=None, live_workers=None, report=report)
 
     def test_plain_words_without_perfdata(self, monkeypatch: pytest.MonkeyPatch):
-        report = CheckReport()
-        report.add(Status.WARNING, "2 job(s) in the queue's dead letters: see herald queue dead")
-        report.perfdata["queue_dead"] = 2
+        report = SimpleNamespace(
+            status=Status.WARNING,
+            findings=[(Status.WARNING, "2 job(s) in the queue's dead letters: see herald queue dead")],
+            perfdata={"queue_dead": 2},
+            summary=lambda: "HERALD WARNING - 2 job(s) | queue_dead=2",
+        )
         monkeypatch.setattr(console, "run_check", lambda *a: report)
         v = console.verdict(self._runtime(report))  # type: ignore[arg-type]
         assert v.status == "WARNING" and v.headline.startswith("2 job(s)") and "|" not in v.headline
         assert v.title == "Needs attention — herald"
+
+    def test_the_checks_own_headline_and_order_win(self, monkeypatch: pytest.MonkeyPatch):
+        report = SimpleNamespace(
+            status=Status.CRITICAL,
+            findings=[],
+            sorted_findings=lambda: [{"status": "CRITICAL", "code": "no-worker", "message": "no worker"}],
+            headline=lambda: "no worker (+1 more)",
+        )
+        monkeypatch.setattr(console, "run_check", lambda *a: report)
+        v = console.verdict(self._runtime(report))  # type: ignore[arg-type]
+        assert v.headline == "No worker (+1 more)" and [f.anchor for f in v.findings] == ["check-no-worker"]
 
     def test_findings_in_any_shape(self, monkeypatch: pytest.MonkeyPatch):
         class Richer:
@@ -316,8 +338,7 @@ class TestVerdict:
         assert [(f.status, f.next_step, f.anchor) for f in v.findings] == [
             ("CRITICAL", "herald workers", "check-no-worker"),
             ("WARNING", "read worker.log", "check-relay-4xx"),
-            ("OK", "", ""),
-        ]
+        ]  # OK findings are not listed under the verdict
 
     def test_a_failing_check_still_opens_the_console(self, monkeypatch: pytest.MonkeyPatch):
         def boom(*a: object) -> None:

@@ -118,10 +118,15 @@ def verdict(runtime: Runtime) -> Verdict:
         log.exception("herald check failed inside the admin console")
         return Verdict("UNKNOWN", f"the check failed: {exc.__class__.__name__}")
     status = _status_name(getattr(report, "status", "UNKNOWN"))
-    findings = [_finding(f) for f in getattr(report, "findings", [])]
-    worst = [f for f in findings if f.status == status and f.status != "OK"]
-    headline = worst[0].message if worst else "notifications are flowing"
-    shown = [f for f in findings if f.status != "OK" or f.message != headline]
+    ordered = getattr(report, "sorted_findings", None)
+    findings = [_finding(f) for f in (ordered() if callable(ordered) else getattr(report, "findings", []))]
+    words = getattr(report, "headline", None)
+    if callable(words):  # the check's own plain-words verdict, when it has one
+        headline = str(words())
+    else:
+        worst = [f for f in findings if f.status == status and f.status != "OK"]
+        headline = worst[0].message if worst else "notifications are flowing"
+    shown = [f for f in findings if f.status != "OK"]
     return Verdict(status, headline[:1].upper() + headline[1:], shown)
 
 
