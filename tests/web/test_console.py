@@ -346,3 +346,12 @@ class TestVerdict:
 
         monkeypatch.setattr(console, "run_check", boom)
         assert console.verdict(self._runtime(None)).status == "UNKNOWN"  # type: ignore[arg-type]
+
+
+def test_rotating_the_admin_token_ends_every_session(api: Api):
+    import dataclasses
+
+    sign_in(api)
+    runtime = api.client.app.state.runtime
+    runtime.settings = dataclasses.replace(runtime.settings, admin_token="r" * 40)
+    assert not signed_in(api)

@@ -2,12 +2,14 @@
 
 The browser holds a random token (``secrets.token_urlsafe``); the table holds only its SHA-256, so a
 leaked database hands out no working session. A session ends at sign-out (its row is deleted), at its
-absolute expiry, or after ``idle`` seconds unused. Each session carries its own CSRF token.
+absolute expiry, after ``idle`` seconds unused, or when the credential it was opened with changes (its
+``grant``, a digest the caller derives from the admin token). Each session carries its own CSRF token.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -17,7 +19,15 @@ from sqlalchemy.orm import Session
 
 from herald.tracker.models import AdminSession, utcnow
 
-__all__ = ["SessionInfo", "open_session", "purge_expired", "read_session", "revoke_session", "touch_session"]
+__all__ = [
+    "SessionInfo",
+    "grant_of",
+    "open_session",
+    "purge_expired",
+    "read_session",
+    "revoke_session",
+    "touch_session",
+]
 
 #: A token of this many bytes of randomness (43 URL-safe characters).
 TOKEN_BYTES = 32
@@ -49,7 +59,14 @@ def _plausible(token: str) -> bool:
     return bool(token) and len(token) <= MAX_TOKEN_LENGTH
 
 
-def open_session(session: Session, *, lifetime: float, client: str = "", now: datetime | None = None) -> str:
+def grant_of(credential: str) -> str:
+    """The digest a session keeps of the credential it was opened with (never the credential)."""
+    return hashlib.sha256(b"herald-admin-session:" + credential.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def open_session(
+    session: Session, *, lifetime: float, grant: str, client: str = "", now: datetime | None = None
+) -> str:
     """Start a session of at most ``lifetime`` seconds; return the token for the cookie (shown once)."""
     now = now or utcnow()
     token = secrets.token_urlsafe(TOKEN_BYTES)
@@ -57,6 +74,7 @@ def open_session(session: Session, *, lifetime: float, client: str = "", now: da
         AdminSession(
             token_hash=_hash(token),
             csrf_token=secrets.token_urlsafe(TOKEN_BYTES),
+            grant=grant,
             created_at=now,
             last_seen_at=now,
             expires_at=now + timedelta(seconds=lifetime),
@@ -67,9 +85,10 @@ def open_session(session: Session, *, lifetime: float, client: str = "", now: da
 
 
 def read_session(
-    session: Session, token: str, *, idle: float, now: datetime | None = None
+    session: Session, token: str, *, idle: float, grant: str, now: datetime | None = None
 ) -> SessionInfo | None:
-    """The live session ``token`` names; None if unknown, revoked, past its expiry or idle too long.
+    """The live session ``token`` names; None if unknown, revoked, past its expiry, idle too long, or
+    opened with another credential than ``grant``.
 
     Reads only: a page polled every few seconds must not write. Call :func:`touch_session` when
     :meth:`SessionInfo.needs_touch` says so.
@@ -79,6 +98,8 @@ def read_session(
     now = now or utcnow()
     row = session.scalar(select(AdminSession).where(AdminSession.token_hash == _hash(token)))
     if row is None or row.expires_at <= now or row.last_seen_at + timedelta(seconds=idle) <= now:
+        return None
+    if not hmac.compare_digest(row.grant, grant):
         return None
     return SessionInfo(row.csrf_token, row.created_at, row.last_seen_at, row.expires_at)
 

@@ -3,7 +3,8 @@
 Browsers cannot send a bearer header on navigation, so the console signs in once with the admin token and
 then holds a cookie naming a row of ``admin_sessions`` (:mod:`herald.tracker.admin_sessions`): HttpOnly,
 SameSite=Strict, Secure when ``base_url`` is https, scoped to ``/admin``. Sign-out deletes the row, so a
-copied cookie stops working at once. Every form post carries the session's CSRF token.
+copied cookie stops working at once; rotating ``admin_token`` ends every session. Every form post carries
+the session's CSRF token.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from fastapi.responses import Response
 
 from herald.tracker.admin_sessions import (
     SessionInfo,
+    grant_of,
     open_session,
     purge_expired,
     read_session,
@@ -37,6 +39,10 @@ def _token(request: Request) -> str:
     return request.cookies.get(COOKIE, "")
 
 
+def _grant(runtime: Runtime) -> str:
+    return grant_of(runtime.settings.admin_token or "")
+
+
 def current(request: Request, runtime: Runtime) -> SessionInfo | None:
     """The request's live session, or None (no cookie, unknown, revoked, expired or idle)."""
     token = _token(request)
@@ -44,7 +50,9 @@ def current(request: Request, runtime: Runtime) -> SessionInfo | None:
         return None
     now = utcnow()
     with runtime.db.read() as s:
-        info = read_session(s, token, idle=runtime.settings.admin_session_idle_seconds, now=now)
+        info = read_session(
+            s, token, idle=runtime.settings.admin_session_idle_seconds, grant=_grant(runtime), now=now
+        )
     if info is not None and info.needs_touch(now):
         with runtime.db.session() as s:
             touch_session(s, token, now=now)
@@ -57,7 +65,7 @@ def start(request: Request, runtime: Runtime, response: Response) -> None:
     client = request.client.host if request.client is not None else ""
     with runtime.db.session() as s:
         purge_expired(s, idle=settings.admin_session_idle_seconds)
-        token = open_session(s, lifetime=settings.admin_session_seconds, client=client)
+        token = open_session(s, lifetime=settings.admin_session_seconds, grant=_grant(runtime), client=client)
     response.set_cookie(
         COOKIE,
         token,
