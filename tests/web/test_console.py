@@ -355,3 +355,63 @@ def test_rotating_the_admin_token_ends_every_session(api: Api):
     runtime = api.client.app.state.runtime
     runtime.settings = dataclasses.replace(runtime.settings, admin_token="r" * 40)
     assert not signed_in(api)
+
+
+def test_workers_grouped_by_host_with_their_jobs_and_the_relay(api: Api):
+    from herald.tracker.models import WorkerHeartbeat
+
+    now = utcnow()
+    beat = {"started_at": now, "beat_at": now, "expires_at": now + timedelta(seconds=60)}
+    with api.db.session() as s:
+        s.add_all(
+            [
+                WorkerHeartbeat(
+                    name="web-1:supervisor", kind="supervisor", pid=10, host="web-1", info={}, **beat
+                ),
+                WorkerHeartbeat(
+                    name="web-1:worker-1",
+                    kind="worker",
+                    pid=11,
+                    host="web-1",
+                    info={
+                        "state": "relay_down",
+                        "slots": 32,
+                        "busy": 1,
+                        "jobs": [{"job_id": "a" * 32, "changeset_id": 42, "since": now.timestamp() - 5}],
+                        "relay": {"up": False, "since": 0, "last_error": "<script>x</script> refused"},
+                        "done": 7,
+                        "failed": 1,
+                    },
+                    **beat,
+                ),
+                WorkerHeartbeat(
+                    name="web-2:worker-1", kind="worker", pid=12, host="web-2", info=["junk"], **beat
+                ),
+                WorkerHeartbeat(
+                    name="gone:worker-1",
+                    kind="worker",
+                    pid=13,
+                    host="gone",
+                    info={},
+                    started_at=now,
+                    beat_at=now - timedelta(minutes=5),
+                    expires_at=now - timedelta(minutes=4),
+                ),
+            ]
+        )
+    sign_in(api)
+    page = api.client.get("/admin").text
+    assert "<h3>web-1</h3>" in page and "<h3>web-2</h3>" in page and "<h3>gone</h3>" not in page
+    assert 'href="/admin/changesets/42">changeset 42</a>' in page and "1 / 32" in page and "7 / 1" in page
+    assert "relay_down" in page and "<script>x</script>" not in page
+    assert "built-in mailbox" in page  # no smtp_host here
+    runtime = api.client.app.state.runtime
+    relay = console.relay_state(
+        SimpleNamespace(settings=SimpleNamespace(smtp_host="mx.example.org", smtp_port=587)),  # type: ignore[arg-type]
+        console.workers(runtime),
+    )
+    assert (relay.target, relay.state) == ("mx.example.org:587", "down")
+    assert (
+        relay.detail
+        == "down since 1970-01-01 00:00:00 UTC: <script>x</script> refused (seen by 1 of 1 workers)"
+    )
