@@ -81,3 +81,11 @@ def test_notifications_in_state(any_db: Database):
         dead = notifications_in_state(s, NotificationState.DEAD)
     assert sorted(n.changeset_id for n, _ in dead) == ids[:2]
     assert all(n.state is NotificationState.DEAD and count == 0 for n, count in dead)
+
+
+def test_sent_per_minute_skips_the_minutes_a_caller_kept(sqlite_db: Database):
+    with sqlite_db.read() as s:
+        now = utcnow()
+        assert len(sent_per_minute(s, 60, now, skip=58)) == 2
+        assert sent_per_minute(s, 60, now, skip=58)[-1].minute == now.replace(second=0, microsecond=0)
+        assert sent_per_minute(s, 60, now, skip=99) == []

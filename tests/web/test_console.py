@@ -415,3 +415,19 @@ def test_workers_grouped_by_host_with_their_jobs_and_the_relay(api: Api):
         relay.detail
         == "down since 1970-01-01 00:00:00 UTC: <script>x</script> refused (seen by 1 of 1 workers)"
     )
+
+
+def test_the_hour_cache_keeps_closed_minutes_only(sqlite_db):
+    from herald.outbox import MinuteFigures
+
+    cache = console.MinuteCache()
+    now = utcnow()
+    with sqlite_db.read() as s:
+        first = cache.hour(s, now)
+        assert (
+            len(first) == 60 and len(cache._closed) == 57
+        )  # the current minute and the two before may change
+        cache._closed[first[0].minute] = MinuteFigures(first[0].minute, 99, 1.0, 2.0)
+        again = cache.hour(s, now)
+    assert len(again) == 60 and again[0].sent == 99  # read from the cache, not the ledger
+    assert [m.minute for m in again] == [m.minute for m in first]

@@ -7,20 +7,31 @@ from __future__ import annotations
 import logging
 import math
 import re
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from herald.ops.check import run_check
 from herald.ops.workers import alive
-from herald.outbox import read_backlog, sent_per_minute
+from herald.outbox import MinuteFigures, read_backlog, sent_per_minute
 from herald.queue import DeadLetter, QueueError
 from herald.web.runtime import Runtime
 
 log = logging.getLogger("herald.web")
 
-__all__ = ["Finding", "Verdict", "WorkerView", "dead_letters", "live_figures", "verdict", "when", "workers"]
+__all__ = [
+    "Finding",
+    "MinuteCache",
+    "Verdict",
+    "WorkerView",
+    "dead_letters",
+    "live_figures",
+    "verdict",
+    "when",
+    "workers",
+]
 
 #: How the console words each check status, for people rather than Nagios.
 _PLAIN = {
@@ -251,7 +262,38 @@ def dead_letters(runtime: Runtime, limit: int = 200) -> tuple[list[DeadLetter], 
         return [], f"the queue cannot be reached: {exc}"
 
 
-def live_figures(runtime: Runtime) -> dict[str, Any]:
+class MinuteCache:
+    """The hour chart's closed minutes, kept by the web process so a poll reads only the newest ones.
+
+    A minute is final once it is :data:`SETTLED` minutes old (a sent time is recorded within moments of
+    the send, by the worker's recorder). Safe to share between request threads.
+    """
+
+    SETTLED = 2
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._closed: dict[datetime, MinuteFigures] = {}
+
+    def hour(self, session: Any, now: datetime, minutes: int = 60) -> list[MinuteFigures]:
+        start = now.replace(second=0, microsecond=0) - timedelta(minutes=minutes - 1)
+        with self._lock:
+            known = 0
+            while known < minutes and (start + timedelta(minutes=known)) in self._closed:
+                known += 1
+            cached = [self._closed[start + timedelta(minutes=i)] for i in range(known)]
+        fresh = sent_per_minute(session, minutes, now, skip=known)
+        settled_before = now.replace(second=0, microsecond=0) - timedelta(minutes=self.SETTLED)
+        with self._lock:
+            for m in fresh:
+                if m.minute < settled_before:
+                    self._closed[m.minute] = m
+            for old in [k for k in self._closed if k < start]:
+                del self._closed[old]
+        return cached + fresh
+
+
+def live_figures(runtime: Runtime, cache: MinuteCache | None = None) -> dict[str, Any]:
     """What the console's chart and counters poll: the queue now, the outbox now, the last hour by minute."""
     out: dict[str, Any] = {"at": when(datetime.now(UTC))}
     try:
@@ -268,7 +310,8 @@ def live_figures(runtime: Runtime) -> dict[str, Any]:
         out["queue"] = {"error": f"the queue cannot be reached: {exc}"}
     with runtime.db.read() as s:
         backlog = read_backlog(s, runtime.settings.stale_after_seconds)
-        minutes = sent_per_minute(s, 60)
+        now = datetime.now(UTC)
+        minutes = cache.hour(s, now) if cache is not None else sent_per_minute(s, 60, now)
     out["outbox"] = {
         "states": backlog.states,
         "unfinished": backlog.unfinished,

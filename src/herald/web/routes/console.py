@@ -72,6 +72,14 @@ def _login(status_code: int = 200, **context: Any) -> HTMLResponse:
     return page("login.html", status_code, **context)
 
 
+def _minutes(request: Request) -> console.MinuteCache:
+    """The app's cache of the hour chart's closed minutes (one per app, like the login throttle)."""
+    cache = getattr(request.app.state, "console_minutes", None)
+    if cache is None:
+        cache = request.app.state.console_minutes = console.MinuteCache()
+    return cache
+
+
 def _note(request: Request) -> str:
     code = request.query_params.get("note", "")
     template = _NOTES.get(code, "")
@@ -105,7 +113,7 @@ def dashboard(request: Request, runtime: RuntimeDep) -> HTMLResponse:
         runtime,
         verdict=console.verdict(runtime),
         now=console.when(datetime.now(UTC)),
-        live=console.live_figures(runtime),
+        live=console.live_figures(runtime, _minutes(request)),
         poll_ms=POLL_MS,
         hosts=hosts,
         relay=console.relay_state(runtime, hosts),
@@ -131,7 +139,9 @@ def live(request: Request, runtime: RuntimeDep) -> Response:
         return JSONResponse(
             {"error": {"code": "unauthorized", "message": "sign in at /admin"}}, status_code=401
         )
-    return JSONResponse(console.live_figures(runtime), headers={"Cache-Control": "no-store"})
+    return JSONResponse(
+        console.live_figures(runtime, _minutes(request)), headers={"Cache-Control": "no-store"}
+    )
 
 
 @router.get("/admin/static/console.js")
