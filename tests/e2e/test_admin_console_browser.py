@@ -159,9 +159,15 @@ def test_console_in_a_browser(browser, served, tmp_path: Path) -> None:
     assert rows.count("sent") >= 3 and "250" in rows  # the SMTP reply of each recipient
     page.screenshot(path=str(shots / "console-changeset.png"), full_page=True)
 
+    # Back on the dashboard: the hour chart counts the three mails, and the dead letters are gone.
+    page.goto(f"{site.url}/admin")
+    expect(page.locator('td[data-live="sent-hour"]')).to_have_text("3")
+    expect(page.locator("#chart-hour")).to_contain_text("max 3/min")
+    assert page.locator("#dead-letters").count() == 0
+    page.screenshot(path=str(shots / "console-after.png"), full_page=True)
+
     # Sign out; the old cookie no longer opens anything.
     cookie = next(c for c in page.context.cookies() if c["name"] == "herald_admin")
-    page.goto(f"{site.url}/admin")
     page.click("#sign-out")
     page.wait_for_selector("input[name=token]")
     with httpx.Client(base_url=site.url, cookies={"herald_admin": cookie["value"]}) as http:

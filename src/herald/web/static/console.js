@@ -43,7 +43,7 @@
   function hourChart(minutes) {
     var svg = document.getElementById("chart-hour");
     var w = 960, h = 200, top = 24;
-    frame(svg, w, h, "Mails sent per minute (bars) and enqueue \u2192 sent latency (line), last hour");
+    frame(svg, w, h, "Mails sent per minute (bars) and their average enqueue \u2192 sent latency (red), last hour");
     var sent = minutes.map(function (m) { return m.sent; });
     var peak = Math.max.apply(null, sent.concat([0]));
     var most = Math.max(peak, 1);
@@ -54,9 +54,21 @@
       bar.appendChild(el("title", {}, m.t + " UTC: " + m.sent + " sent, latency avg " + m.latency_avg + " s, max " + m.latency_max + " s"));
       svg.appendChild(bar);
     });
-    var lat = line(svg, minutes.map(function (m) { return m.latency_avg; }), w, h, top, "#cf222e");
+    // Latency only where mail went out: a minute without mail has no latency, not a latency of 0.
+    var lat = Math.max.apply(null, minutes.map(function (m) { return m.sent ? m.latency_avg : 0; }).concat([0]));
+    var points = [];
+    minutes.forEach(function (m, i) {
+      if (!m.sent) return;
+      var x = 10 + i * bw + Math.max(bw - 2, 1) / 2;
+      var y = h - 18 - (lat ? (m.latency_avg / lat) * (h - top - 24) : 0);
+      points.push(x.toFixed(1) + "," + y.toFixed(1));
+      svg.appendChild(el("circle", { cx: x.toFixed(1), cy: y.toFixed(1), r: 3, fill: "#cf222e" }));
+    });
+    if (points.length > 1) {
+      svg.appendChild(el("polyline", { points: points.join(" "), fill: "none", stroke: "#cf222e", "stroke-width": 1.5 }));
+    }
     svg.appendChild(el("text", { x: w - 8, y: 16, "font-size": 12, "text-anchor": "end", fill: "#57606a" },
-      "max " + peak + "/min \u00b7 latency max " + lat.toFixed(2) + " s"));
+      "max " + peak + "/min \u00b7 latency up to " + lat.toFixed(2) + " s (minute average)"));
     if (minutes.length) {
       svg.appendChild(el("text", { x: 10, y: h - 4, "font-size": 11, fill: "#57606a" }, minutes[0].t + " UTC"));
       svg.appendChild(el("text", { x: w - 10, y: h - 4, "font-size": 11, "text-anchor": "end", fill: "#57606a" }, minutes[minutes.length - 1].t + " UTC"));
