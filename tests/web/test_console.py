@@ -431,3 +431,26 @@ def test_the_hour_cache_keeps_closed_minutes_only(sqlite_db):
         again = cache.hour(s, now)
     assert len(again) == 60 and again[0].sent == 99  # read from the cache, not the ledger
     assert [m.minute for m in again] == [m.minute for m in first]
+
+
+def test_the_cookie_is_secure_behind_https(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from herald.config import ensure_secrets, load_settings
+    from herald.tracker.db import Database
+    from herald.tracker.schema import upgrade
+    from herald.web import create_app
+
+    settings = ensure_secrets(
+        load_settings(env={"HERALD_DATA_DIR": str(tmp_path), "HERALD_BASE_URL": "https://herald.example.org"})
+    )
+    db = Database(settings.database_url)
+    upgrade(db.engine)
+    try:
+        with TestClient(create_app(settings), base_url="https://herald.example.org") as client:
+            r = client.post("/admin/login", data={"token": settings.admin_token}, follow_redirects=False)
+            assert r.status_code == 303 and "Secure" in r.headers["set-cookie"]
+            assert f"Max-Age={int(settings.admin_session_seconds)}" in r.headers["set-cookie"]
+            assert "Sign out" in client.get("/admin").text
+    finally:
+        db.dispose()
