@@ -167,6 +167,7 @@ class TestActions:
             ("all=2", 400),
             ("job_id=a&job_id=b", 400),
             ("back=-1&all=1", 400),
+            ("back=%C2%B2&all=1", 400),
             ("%zz=&&&=", 400),
         ],
     )
@@ -244,7 +245,7 @@ class TestPages:
         sign_in(api)
         r = api.client.get("/admin/changesets", params={"id": " 12"}, follow_redirects=False)
         assert (r.status_code, r.headers["location"]) == (303, "/admin/changesets/12")
-        for bad in ("abc", "0", "-3", "9" * 30, ""):
+        for bad in ("abc", "0", "-3", "9" * 30, "", "\u00b2", "\u0663", "1e3"):
             assert api.client.get("/admin/changesets", params={"id": bad}).status_code == 400, bad
         assert api.client.get("/admin/changesets/99999").status_code == 404
         assert api.client.get("/admin/changesets/abc").status_code == 422

@@ -45,6 +45,7 @@ POLL_MS = 5000
 #: A dead letter's id: a job id (32 hex digits), or what a backend names a malformed entry by
 #: (``entry-<stream id>``, a row id): printable, no spaces, bounded.
 _LETTER_ID = re.compile(r"[A-Za-z0-9._:-]{1,200}")
+_DIGITS = re.compile(r"[0-9]{1,19}")  # not str.isdigit: it takes "²", which int() refuses
 _SCRIPT = files("herald.web").joinpath("static/console.js").read_bytes()
 _NOTES = {
     "retried": "{n} dead letter(s) put back in line.",
@@ -84,7 +85,7 @@ def _note(request: Request) -> str:
     code = request.query_params.get("note", "")
     template = _NOTES.get(code, "")
     n = request.query_params.get("n", "")
-    return template.format(n=n if n.isdigit() and len(n) < 10 else "?")
+    return template.format(n=n if _DIGITS.fullmatch(n) and len(n) < 10 else "?")
 
 
 def state_label(n: Notification) -> str:
@@ -160,7 +161,7 @@ def changeset_lookup(
     if admin_session.current(request, runtime) is None:
         return _login()
     text = id.strip().lstrip("#")
-    if not text.isdigit() or not 1 <= int(text) <= MAX_ID:
+    if not _DIGITS.fullmatch(text) or not 1 <= int(text) <= MAX_ID:
         raise HTTPException(400, f"a changeset id is a whole number from 1 to {MAX_ID}, not {id[:40]!r}")
     return RedirectResponse(f"/admin/changesets/{int(text)}", status_code=303)
 
@@ -292,7 +293,7 @@ async def _action(request: Request, runtime: Runtime) -> tuple[str | None, str]:
     admin_session.require_csrf(form, info)
     back = "/admin#dead"
     if form.get("back"):
-        if not form["back"].isdigit() or not 1 <= int(form["back"]) <= MAX_ID:
+        if not _DIGITS.fullmatch(form["back"]) or not 1 <= int(form["back"]) <= MAX_ID:
             raise HTTPException(400, "back must be a changeset id")
         back = f"/admin/changesets/{int(form['back'])}"
     if form.get("all") == "1" and "job_id" not in form:
