@@ -8,7 +8,6 @@ import logging
 import math
 import re
 import threading
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,10 +23,13 @@ log = logging.getLogger("herald.web")
 __all__ = [
     "Finding",
     "MinuteCache",
+    "RelayState",
     "Verdict",
     "WorkerView",
+    "age",
     "dead_letters",
     "live_figures",
+    "relay_state",
     "verdict",
     "when",
     "workers",
@@ -332,8 +334,3 @@ def live_figures(runtime: Runtime, cache: MinuteCache | None = None) -> dict[str
     ]
     out["sent_last_hour"] = sum(m.sent for m in minutes)
     return out
-
-
-def group_jobs(letters: Iterable[DeadLetter]) -> int:
-    """How many dead letters can be retried (malformed ones cannot: they would only die again)."""
-    return sum(1 for d in letters if d.changeset_id is not None)
