@@ -74,7 +74,7 @@ def open_session(
         AdminSession(
             token_hash=_hash(token),
             csrf_token=secrets.token_urlsafe(TOKEN_BYTES),
-            grant=grant,
+            credential_digest=grant,
             created_at=now,
             last_seen_at=now,
             expires_at=now + timedelta(seconds=lifetime),
@@ -99,7 +99,7 @@ def read_session(
     row = session.scalar(select(AdminSession).where(AdminSession.token_hash == _hash(token)))
     if row is None or row.expires_at <= now or row.last_seen_at + timedelta(seconds=idle) <= now:
         return None
-    if not hmac.compare_digest(row.grant, grant):
+    if not hmac.compare_digest(row.credential_digest, grant):
         return None
     return SessionInfo(row.csrf_token, row.created_at, row.last_seen_at, row.expires_at)
 

@@ -324,7 +324,7 @@ class AdminSession(Base):
     token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     csrf_token: Mapped[str] = mapped_column(String(64))
     # A digest of the credential the session was opened with: rotating admin_token ends every session.
-    grant: Mapped[str] = mapped_column(String(64))
+    credential_digest: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
