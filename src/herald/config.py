@@ -202,6 +202,9 @@ class Settings:
     inline_max_recipients: int = 200
     smtp_max_connections: int = 64
     smtp_rate_limit: RateLimit | None = None
+    # admin console sessions
+    admin_session_seconds: float = 8 * 3600.0
+    admin_session_idle_seconds: float = 3600.0
 
     @property
     def sqlite_path(self) -> Path:
@@ -435,6 +438,9 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "inline_max_recipients": _as_int(1, 1_000_000),
     "smtp_max_connections": _as_int(1, 1024),
     "smtp_rate_limit": lambda _key, value: parse_rate_limit(value),
+    # admin console sessions
+    "admin_session_seconds": lambda key, value: parse_duration(key, value, 60.0, 30 * 24 * 3600.0),
+    "admin_session_idle_seconds": lambda key, value: parse_duration(key, value, 60.0, 30 * 24 * 3600.0),
 }
 
 KEYS: tuple[str, ...] = tuple(_PARSERS)

@@ -538,3 +538,18 @@ def test_extend_batch_renews_leases_and_names_the_lost_ones(backend: Backend) ->
     keeper.extend(kept)
     keeper.ack(kept)
     assert counts(keeper.stats()) == (0, 0, 0, 0)
+
+
+def test_discard_one_dead_letter(backend: Backend) -> None:
+    queue = backend.make()
+    jobs = [Job.new(n) for n in (1, 2)]
+    for job in jobs:
+        queue.enqueue(job)
+        claimed = queue.claim("w", timeout=1)
+        assert claimed is not None
+        queue.dead(claimed, "no")
+    assert queue.purge_dead(jobs[0].id) == 1
+    assert queue.purge_dead(jobs[0].id) == 0  # already gone: nothing to do, no error
+    assert queue.purge_dead("f" * 32) == 0
+    assert [letter.job_id for letter in queue.dead_letters()] == [jobs[1].id]
+    assert counts(queue.stats()) == (0, 0, 0, 1)

@@ -86,7 +86,8 @@ class TestAdminPages:
         cookie = r.headers["set-cookie"]
         assert "HttpOnly" in cookie and "SameSite=strict" in cookie and token not in cookie
         r = api.client.get("/admin")
-        assert "HERALD" in r.text and "Recent notifications" in r.text
+        assert "herald check: <strong>" in r.text and "Recent notifications" in r.text
+        assert "HERALD" not in r.text and " | " not in r.text.split("</title>")[0]  # no Nagios line
         msg = EmailMessage()
         msg["Subject"] = "<b>hello</b>"
         msg["From"] = "a@example.org"

@@ -9,7 +9,16 @@ Imports ``tracker`` and ``config``.
 """
 
 from herald.outbox import ledger, lock, records
-from herald.outbox.backlog import UNFINISHED, Backlog, notification_detail, read_backlog, recent_notifications
+from herald.outbox.backlog import (
+    UNFINISHED,
+    Backlog,
+    MinuteFigures,
+    notification_detail,
+    notifications_in_state,
+    read_backlog,
+    recent_notifications,
+    sent_per_minute,
+)
 from herald.outbox.tables import Delivery, DeliveryStatus, Notification, NotificationState
 
 __all__ = [
@@ -17,12 +26,15 @@ __all__ = [
     "Backlog",
     "Delivery",
     "DeliveryStatus",
+    "MinuteFigures",
     "Notification",
     "NotificationState",
     "ledger",
     "lock",
     "notification_detail",
+    "notifications_in_state",
     "read_backlog",
     "recent_notifications",
     "records",
+    "sent_per_minute",
 ]

@@ -13,7 +13,16 @@ from sqlalchemy.orm import Session
 from herald.outbox.tables import Delivery, Notification, NotificationState
 from herald.tracker.models import utcnow
 
-__all__ = ["UNFINISHED", "Backlog", "notification_detail", "read_backlog", "recent_notifications"]
+__all__ = [
+    "UNFINISHED",
+    "Backlog",
+    "MinuteFigures",
+    "notification_detail",
+    "notifications_in_state",
+    "read_backlog",
+    "recent_notifications",
+    "sent_per_minute",
+]
 
 UNFINISHED = (
     NotificationState.PENDING,
@@ -124,11 +133,80 @@ def notification_detail(session: Session, changeset_id: int) -> dict[str, Any] |
 
 def recent_notifications(session: Session, limit: int = 50) -> list[tuple[Notification, int]]:
     """The newest notifications with their recipient counts, newest first."""
+    return _with_counts(session, select(Notification), limit)
+
+
+def _with_counts(session: Session, query: Any, limit: int) -> list[tuple[Notification, int]]:
+    """The ``limit`` newest rows of ``query``, each with its recipient count: the rows are picked first,
+    then only their deliveries are counted (not the whole ledger's)."""
+    rows = list(
+        session.scalars(
+            query.order_by(Notification.created_at.desc(), Notification.changeset_id.desc()).limit(limit)
+        )
+    )
+    if not rows:
+        return []
+    counts = dict(
+        session.execute(  # type: ignore[arg-type]
+            select(Delivery.changeset_id, func.count())
+            .where(Delivery.changeset_id.in_([n.changeset_id for n in rows]))
+            .group_by(Delivery.changeset_id)
+        ).all()
+    )
+    return [(n, int(counts.get(n.changeset_id, 0))) for n in rows]
+
+
+@dataclass(frozen=True)
+class MinuteFigures:
+    """One minute of the ledger: mails sent, and the enqueue → sent latency of those mails."""
+
+    minute: datetime  # the minute's start, UTC
+    sent: int
+    latency_avg: float  # seconds from the change's commit (the outbox row) to the relay's acceptance
+    latency_max: float
+
+
+def _epoch(column: Any, dialect: str) -> Any:
+    """Seconds since 1970 of a datetime column, on SQLite and PostgreSQL."""
+    if dialect == "sqlite":
+        return (func.julianday(column) - 2440587.5) * 86400.0
+    return func.extract("epoch", column)
+
+
+def sent_per_minute(
+    session: Session, minutes: int = 60, now: datetime | None = None, *, skip: int = 0
+) -> list[MinuteFigures]:
+    """Mails sent in each of the last ``minutes`` minutes (oldest first, empty minutes included), with the
+    average and longest enqueue → sent latency. One grouped query over the ``sent_at`` index.
+
+    ``skip`` leaves out the oldest ``skip`` minutes (a caller that keeps the closed minutes it already
+    read asks only for the newest ones): the list then has ``minutes - skip`` entries.
+    """
+    now = now or utcnow()
+    start = now.replace(second=0, microsecond=0) - timedelta(minutes=minutes - 1)
+    first_minute = start + timedelta(minutes=max(0, min(skip, minutes)))
+    dialect = session.get_bind().dialect.name
+    sent = _epoch(Delivery.sent_at, dialect)
+    latency = sent - _epoch(Notification.created_at, dialect)
+    bucket = func.floor(sent / 60.0)
     rows = session.execute(
-        select(Notification, func.count(Delivery.id))
-        .outerjoin(Delivery, Delivery.changeset_id == Notification.changeset_id)
-        .group_by(Notification.changeset_id)
-        .order_by(Notification.created_at.desc(), Notification.changeset_id.desc())
-        .limit(limit)
+        select(bucket, func.count(), func.avg(latency), func.max(latency))
+        .select_from(Delivery)
+        .join(Notification, Notification.changeset_id == Delivery.changeset_id)
+        .where(Delivery.sent_at >= first_minute, Delivery.sent_at <= now)
+        .group_by(bucket)
     ).all()
-    return [(n, int(count)) for n, count in rows]
+    by_minute = {int(b): (int(n), float(avg or 0.0), float(most or 0.0)) for b, n, avg, most in rows}
+    first = int(first_minute.timestamp() // 60)
+    out = []
+    for i in range(minutes - max(0, min(skip, minutes))):
+        n, avg, most = by_minute.get(first + i, (0, 0.0, 0.0))
+        out.append(MinuteFigures(first_minute + timedelta(minutes=i), n, max(0.0, avg), max(0.0, most)))
+    return out
+
+
+def notifications_in_state(
+    session: Session, state: NotificationState, limit: int = 50
+) -> list[tuple[Notification, int]]:
+    """Notifications in ``state`` (e.g. dead), the newest first, with their recipient counts."""
+    return _with_counts(session, select(Notification).where(Notification.state == state), limit)

@@ -80,7 +80,8 @@ class Delivery(Base):
     """One (changeset, recipient) outcome: the ledger that keeps a retry from mailing anyone twice."""
 
     __tablename__ = "deliveries"
-    __table_args__ = (UniqueConstraint("changeset_id", "address"),)
+    # sent_at: the console's throughput and latency over the last hour read a range of it.
+    __table_args__ = (UniqueConstraint("changeset_id", "address"), Index("ix_deliveries_sent_at", "sent_at"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     changeset_id: Mapped[int] = mapped_column(

@@ -308,8 +308,8 @@ class Queue(abc.ABC):
         """
 
     @abc.abstractmethod
-    def purge_dead(self) -> int:
-        """Delete every dead letter; return how many."""
+    def purge_dead(self, job_id: str | None = None) -> int:
+        """Delete dead letter ``job_id`` (None: every dead letter); return how many were deleted."""
 
     @abc.abstractmethod
     def ping(self) -> None:

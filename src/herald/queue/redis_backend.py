@@ -364,8 +364,10 @@ class RedisQueue(Queue):
             )
         return requeued
 
-    def purge_dead(self) -> int:
+    def purge_dead(self, job_id: str | None = None) -> int:
         k = self._keys
+        if job_id is not None:
+            return int(self._run(lambda: self._scripts.discard(keys=[k.dead, k.dead_index], args=[job_id])))
         return int(self._run(lambda: self._scripts.purge(keys=[k.dead, k.dead_index])))
 
     def ping(self) -> None:

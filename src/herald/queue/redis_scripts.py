@@ -279,6 +279,15 @@ redis.call('DEL', KEYS[1], KEYS[2])
 return n
 """
 
+# Deletes one dead letter (an admin's "discard"); both keys in one step so the index never outlives it.
+DISCARD = """\
+-- KEYS[1] dead         job id -> dead-letter record
+-- KEYS[2] dead_index   job id -> died_at
+-- ARGV: job id.  Returns 1 if the letter was there, else 0.
+redis.call('ZREM', KEYS[2], ARGV[1])
+return redis.call('HDEL', KEYS[1], ARGV[1])
+"""
+
 SOURCES: dict[str, str] = {
     name: source.replace("$JOB_FIELD", JOB_FIELD.decode())
     for name, source in {
@@ -295,6 +304,7 @@ SOURCES: dict[str, str] = {
         "stats": STATS,
         "requeue": REQUEUE,
         "purge": PURGE,
+        "discard": DISCARD,
     }.items()
 }
 
@@ -317,6 +327,7 @@ class Scripts:
     stats: Script
     requeue: Script
     purge: Script
+    discard: Script
 
     @classmethod
     def register(cls, client: redis.Redis) -> Scripts:

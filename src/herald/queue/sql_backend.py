@@ -557,9 +557,12 @@ class SqlQueue(Queue):
             self._waker.bump()
         return requeued
 
-    def purge_dead(self) -> int:
+    def purge_dead(self, job_id: str | None = None) -> int:
+        query = delete(t).where(t.c.state == DEAD)
+        if job_id is not None:
+            query = query.where(t.c.job_id == job_id)
         with self._tx() as conn:
-            return conn.execute(delete(t).where(t.c.state == DEAD)).rowcount
+            return conn.execute(query).rowcount
 
     def ping(self) -> None:
         with translate_errors(), self._engine.connect() as conn:

@@ -310,3 +310,22 @@ class WorkerHeartbeat(Base):
     beat_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     info: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class AdminSession(Base):
+    """A signed-in admin console session (the admin pages' cookie names one of these rows).
+
+    Stored server-side so every front end shares it and sign-out ends it everywhere. Only a SHA-256 of the
+    cookie value is kept, as for API tokens; ``csrf_token`` guards the session's form posts.
+    """
+
+    __tablename__ = "admin_sessions"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    # A digest of the credential the session was opened with: rotating admin_token ends every session.
+    credential_digest: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    client: Mapped[str] = mapped_column(String(64), default="")

@@ -14,7 +14,7 @@ from herald.queue import make_queue
 from herald.tracker.db import Database
 from herald.web import errors
 from herald.web.limits import BodySizeLimit
-from herald.web.routes import admin, artifact_page, artifacts, mailbox, ops, status, unsubscribe
+from herald.web.routes import admin, artifact_page, artifacts, console, mailbox, ops, status, unsubscribe
 from herald.web.runtime import Dispatcher, Runtime
 from herald.web.throttle import LoginThrottle
 
@@ -64,6 +64,7 @@ def create_app(settings: Settings, *, dispatcher_factory: DispatcherFactory | No
     app.include_router(mailbox.router, responses=errors.ERROR_RESPONSES)
     app.include_router(unsubscribe.router)
     app.include_router(ops.router)
+    app.include_router(console.router)
     app.include_router(artifact_page.router)
     app.add_middleware(BodySizeLimit)
     return app
