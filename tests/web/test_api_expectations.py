@@ -66,7 +66,7 @@ def _bug(api: Api) -> dict:
         headers=api.as_user("alice"),
     )
     assert r.status_code == 201, r.text
-    return r.json()["artifact"]
+    return r.json()
 
 
 class TestSubscriptionStates:
@@ -108,7 +108,45 @@ class TestNoOpUpdate:
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["changeset_id"] is None and body["notification"] is None
-        assert body["artifact"]["version"] == art["version"]
+        assert body["version"] == art["version"]
         assert len(api.dispatcher.committed) == before
         r = api.client.patch(f"/api/artifacts/{art['id']}", json={}, headers=api.as_user("alice"))
         assert r.status_code == 200 and r.json()["changeset_id"] is None
+
+
+class TestOneArtifactShape:
+    ARTIFACT_KEYS = {
+        "id",
+        "tracker_id",
+        "project_id",
+        "submitted_by",
+        "submitted_at",
+        "last_updated_at",
+        "version",
+        "values",
+    }
+
+    def test_create_update_and_read_return_the_artifact_flat(self, api: Api):
+        alice = api.as_user("alice")
+        created = api.client.post(
+            f"/api/trackers/{api.world.bugs.id}/artifacts",
+            json={"values": {"title": "Crash"}},
+            headers=alice,
+        ).json()
+        url = f"/api/artifacts/{created['id']}"
+        updated = api.client.patch(url, json={"values": {"title": "Crash on save"}}, headers=alice).json()
+        unchanged = api.client.patch(url, json={"values": {"title": "Crash on save"}}, headers=alice).json()
+        read = api.client.get(url, headers=alice).json()
+        write_keys = self.ARTIFACT_KEYS | {"changeset_id", "notification"}
+        assert set(created) == set(updated) == set(unchanged) == write_keys
+        assert set(read) == self.ARTIFACT_KEYS | {"changesets"}
+        assert created["id"] == updated["id"] == read["id"]
+        assert updated["values"] == read["values"] == {"title": "Crash on save"}
+        assert (
+            (created["version"], updated["version"], unchanged["version"])
+            == (1, 2, 2)
+            == (1, 2, read["version"])
+        )
+        assert updated["changeset_id"] == read["changesets"][-1]["id"]
+        assert updated["notification"]["status"] == f"/api/changesets/{updated['changeset_id']}/notification"
+        assert unchanged["changeset_id"] is None and unchanged["notification"] is None

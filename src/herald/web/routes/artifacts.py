@@ -26,14 +26,18 @@ router = APIRouter(prefix="/api", tags=["artifacts"])
 
 
 def _change(runtime: Runtime, caller: User, change: Callable[[Session, User], Changeset]) -> dict[str, Any]:
-    """Commit ``change`` with the notification it owes (one transaction), then hand the notification on."""
+    """Commit ``change`` with the notification it owes (one transaction), then hand the notification on.
+
+    The answer is the artifact, flat, as ``GET /api/artifacts/{id}`` gives it (without the history), plus
+    the change this request made: ``changeset_id`` and ``notification`` (its mode and where to follow it).
+    """
     with runtime.db.session() as s:
         author = s.merge(caller, load=False)
         cs = change(s, author)
         mode = runtime.dispatcher.mode_for(cs.artifact.tracker.project_id)
         records.record(s, cs.id, mode, cs.created_at)
         answer = {
-            "artifact": artifact_view(cs.artifact, author, with_history=False),
+            **artifact_view(cs.artifact, author, with_history=False),
             "changeset_id": cs.id,
             "notification": {"mode": mode.value, "status": f"/api/changesets/{cs.id}/notification"},
         }
@@ -71,7 +75,7 @@ def patch_artifact(
             viewer = s.merge(caller, load=False)
             artifact = get_artifact(s, artifact_id, viewer)
             view = artifact_view(artifact, viewer, with_history=False)
-        return {"artifact": view, "changeset_id": None, "notification": None}
+        return {**view, "changeset_id": None, "notification": None}
 
 
 def _patch(artifact_id: int, body: ArtifactUpdate, caller: User, runtime: Runtime) -> dict[str, Any]:
