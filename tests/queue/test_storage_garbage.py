@@ -191,8 +191,8 @@ _JOB_KEYS = ("v", "id", "changeset_id", "enqueued_at")
 
 @st.composite
 def job_payloads(draw: st.DrawFn) -> bytes:
-    """A job's JSON with any of its fields (``v``, ``id``, ``changeset_id``, ``enqueued_at``) replaced by any
-    JSON value or left out, extra keys, or no object at all: every field of the payload, not only its bytes."""
+    """A job's JSON with some of its fields (``v``, ``id``, ``changeset_id``, ``enqueued_at``) replaced by
+    any JSON value or left out, extra keys, or not an object at all: every field of the payload."""
     job = json.loads(Job.new(draw(st.integers(min_value=1, max_value=2**63 - 1))).to_json())
     for key in draw(st.sets(st.sampled_from(_JOB_KEYS), max_size=2)):
         if draw(st.booleans()):
