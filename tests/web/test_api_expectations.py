@@ -150,3 +150,48 @@ class TestOneArtifactShape:
         assert updated["changeset_id"] == read["changesets"][-1]["id"]
         assert updated["notification"]["status"] == f"/api/changesets/{updated['changeset_id']}/notification"
         assert unchanged["changeset_id"] is None and unchanged["notification"] is None
+
+
+def test_every_answer_key_is_declared_in_the_openapi_document(api: Api):
+    """The answer models let undeclared keys through rather than drop them; this keeps them declared."""
+    schemas = api.client.get("/openapi.json").json()["components"]["schemas"]
+
+    def declared(name: str) -> set[str]:
+        return set(schemas[name]["properties"])
+
+    r = api.client.post("/api/users", json={"username": "zed", "email": "zed@example.org"}, headers=api.admin)
+    assert set(r.json()) == declared("UserCreated")
+    user = api.client.get(f"/api/users/{r.json()['id']}", headers=api.admin).json()
+    assert set(user) == declared("User")
+    r = api.client.post("/api/projects", json={"name": "zp", "members": ["zed"]}, headers=api.admin)
+    assert set(r.json()) == declared("Project")
+    r = api.client.post(
+        "/api/trackers",
+        json={
+            "project_id": r.json()["id"],
+            "name": "t",
+            "fields": [{"name": "title", "type": "string"}],
+            "notifications": {"lists": [{"addresses": ["zl@example.org"]}]},
+        },
+        headers=api.admin,
+    )
+    tracker = r.json()
+    assert set(tracker) == declared("TrackerCreated")
+    assert set(tracker["fields"][0]) == declared("FieldView")
+    assert set(tracker["semantics"]) == declared("SemanticsView")
+    assert set(tracker["notifications"]) == declared("NotificationsView")
+    assert set(tracker["notifications"]["lists"][0]) == declared("ListView")
+    alice = api.as_user("alice")
+    art = api.client.post(
+        f"/api/trackers/{api.world.bugs.id}/artifacts",
+        json={"values": {"title": "x"}, "comment": "c"},
+        headers=alice,
+    ).json()
+    assert set(art) == declared("ArtifactWritten") and set(art["notification"]) == declared(
+        "NotificationLink"
+    )
+    read = api.client.get(f"/api/artifacts/{art['id']}", headers=alice).json()
+    assert set(read) == declared("ArtifactRead") and set(read["changesets"][0]) == declared("ChangesetView")
+    sub = api.client.get(f"/api/artifacts/{art['id']}/subscription", headers=alice).json()
+    assert set(sub) == declared("ArtifactSubscription")
+    assert set(api.client.get("/healthz").json()) == declared("Health")

@@ -1,22 +1,35 @@
-"""Answer bodies of the artifact endpoints, declared so that ``/openapi.json`` says what a client gets back.
+"""Answer bodies of the JSON API, declared so that ``/openapi.json`` says what a client gets back.
 
 One artifact shape (issue 9): create, update and read answer with the artifact flat; a write adds
 ``changeset_id`` and ``notification`` (what the request did), a read adds ``changesets`` (the history).
-The views in :mod:`herald.web.views` build plain dicts; these models document and check them.
+The views in :mod:`herald.web.views` build plain dicts; these models document and check them. A key a view
+adds that a model does not declare yet is passed on (``extra="allow"``), never dropped; the schemathesis
+test and the shape tests hold the declarations to the views.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel as _PydanticModel
+from pydantic import ConfigDict, Field
+
+
+class BaseModel(_PydanticModel):
+    model_config = ConfigDict(extra="allow")
+
 
 __all__ = [
     "ArtifactRead",
     "ArtifactSubscription",
     "ArtifactWritten",
     "Health",
+    "Project",
+    "Tracker",
+    "TrackerCreated",
     "TrackerSubscription",
+    "User",
+    "UserCreated",
 ]
 
 
@@ -82,3 +95,72 @@ class TrackerSubscription(BaseModel):
 class Health(BaseModel):
     status: Literal["ok", "error"]
     database: str = Field(description="'ok', or the class of the error that reaching it raised")
+
+
+class User(BaseModel):
+    id: int
+    username: str
+    real_name: str
+    email: str
+    language: Literal["en", "fr"]
+    timezone: str
+    mail_format: Literal["html", "text"]
+    notify_own_changes: bool
+    status: Literal["active", "suspended"]
+
+
+class UserCreated(User):
+    token: str = Field(description="the user's API token: shown once, only its hash is kept")
+
+
+class Project(BaseModel):
+    id: int
+    name: str
+    label: str
+    public: bool
+    members: list[int] = Field(description="user ids, admins included")
+    admins: list[int]
+
+
+class FieldView(BaseModel):
+    id: int
+    name: str
+    label: str | None
+    type: Literal["string", "text", "int", "float", "date", "select", "user", "users"]
+    required: bool
+    read_permission: Literal["all", "members", "admins"]
+    notify: bool
+    options: list[str]
+
+
+class SemanticsView(BaseModel):
+    title: str | None
+    status: str | None
+    open_values: list[str]
+    assigned_to: str | None
+
+
+class ListView(BaseModel):
+    addresses: list[str]
+    users: list[int]
+    on_updates: bool
+    check_permissions: bool
+
+
+class NotificationsView(BaseModel):
+    mode: Literal["all_updates", "creation_only", "status_change_only", "stopped"]
+    lists: list[ListView]
+
+
+class Tracker(BaseModel):
+    id: int
+    project_id: int
+    name: str
+    item_name: str
+    fields: list[FieldView]
+    semantics: SemanticsView
+    notifications: NotificationsView
+
+
+class TrackerCreated(Tracker):
+    warnings: list[str] = Field(description="each semantic inferred or left unset, and what follows")
