@@ -1,6 +1,6 @@
-"""Issue 9, "fuzzers in CI": schemathesis generates requests for every operation of ``/openapi.json``, as the
-admin, a user and no one, and every answer must be documented: never a 5xx, a status code the operation lists, a
-body that matches the schema given for that status (``ErrorBody`` for every error).
+"""Issue 9, "fuzzers in CI": schemathesis generates requests for every operation of ``/openapi.json``, as
+the admin, a user and no one, and every answer must be documented: never a 5xx, a status code the operation
+lists, a body that matches the schema given for that status (``ErrorBody`` for every error).
 
 A bounded number of examples per operation (20) keeps this to about a minute; ``HERALD_SCHEMATHESIS_EXAMPLES``
 asks for more.
