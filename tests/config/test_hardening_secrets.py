@@ -56,6 +56,9 @@ def test_secure_data_dir_makes_new_files_private(tmp_path: Path):
         "ensure_secrets(s)\n"
         "sqlite3.connect(s.sqlite_path).execute('create table t (x)')\n"
         "(s.log_dir / 'herald.log').write_text('x')\n"
+        "from herald.mail.mailbox import MailboxTransport\n"
+        "with MailboxTransport(s) as box:\n"
+        "    box.send_bytes(b'Subject: private\\r\\n\\r\\nhi\\r\\n', 'h@example.org', 'a@example.org')\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
     settings = load_settings(env={"HERALD_DATA_DIR": str(data)})
@@ -64,6 +67,11 @@ def test_secure_data_dir_makes_new_files_private(tmp_path: Path):
     for name in ("herald.db", "admin_token", "secret_key"):
         assert stat.S_IMODE(os.stat(data / name).st_mode) == 0o600, name
     assert stat.S_IMODE(os.stat(settings.log_dir / "herald.log").st_mode) == 0o600
+    # The Maildir holds private comments and unsubscribe tokens too: its folders and every message.
+    maildir = [settings.mailbox_dir, *settings.mailbox_dir.rglob("*")]
+    assert any(p.is_file() for p in maildir)
+    for path in maildir:
+        assert stat.S_IMODE(os.stat(path).st_mode) == (0o700 if path.is_dir() else 0o600), path
     report = diagnose(ensure_secrets(settings))
     assert not any("readable by other users" in w for w in report.warnings), report.warnings
 

@@ -139,7 +139,7 @@ class Stack:
         )
         assert r.status_code == 201, r.text
         body = r.json()
-        self.artifacts.append(body["artifact"]["id"])
+        self.artifacts.append(body["id"])
         self.changesets.append(body["changeset_id"])
         return body
 

@@ -177,6 +177,31 @@ _anything = st.one_of(
     st.text(max_size=30),
     st.binary(max_size=30),
 )
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats()
+    | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=6,
+)
+_JOB_KEYS = ("v", "id", "changeset_id", "enqueued_at")
+
+
+@st.composite
+def job_payloads(draw: st.DrawFn) -> bytes:
+    """A job's JSON with some of its fields (``v``, ``id``, ``changeset_id``, ``enqueued_at``) replaced by
+    any JSON value or left out, extra keys, or not an object at all: every field of the payload."""
+    job = json.loads(Job.new(draw(st.integers(min_value=1, max_value=2**63 - 1))).to_json())
+    for key in draw(st.sets(st.sampled_from(_JOB_KEYS), max_size=2)):
+        if draw(st.booleans()):
+            del job[key]
+        else:
+            job[key] = draw(_json_values)
+    job |= draw(st.dictionaries(st.text(max_size=8), _json_values, max_size=2))
+    document: Any = job if draw(st.integers(0, 9)) else draw(_json_values)
+    return json.dumps(document, allow_nan=True).encode()
 
 
 @st.composite
@@ -185,6 +210,8 @@ def sql_rows(draw: st.DrawFn) -> dict[str, Any]:
     row = good_row(state=draw(st.sampled_from(["ready", "claimed", "dead"])))
     for column in draw(st.sets(st.sampled_from(_COLUMNS), max_size=4)):
         row[column] = draw(_anything)
+    if draw(st.booleans()):
+        row["payload"] = draw(job_payloads()).decode()
     return row
 
 
@@ -275,7 +302,7 @@ _scores = st.floats(allow_nan=False)
 @st.composite
 def redis_garbage(draw: st.DrawFn) -> dict[str, Any]:
     some_job = Job.new(draw(st.integers(min_value=1, max_value=2**63 - 1)))
-    payloads = st.one_of(_bytes, st.just(some_job.to_json().encode()))
+    payloads = st.one_of(_bytes, st.just(some_job.to_json().encode()), job_payloads())
     ids = st.one_of(_bytes, st.just(some_job.id.encode()))
     return {
         "entries": draw(

@@ -75,7 +75,7 @@ class TestHappyPaths:
         assert r.status_code == 201, r.text
         created = r.json()
         assert created["notification"]["mode"] == "inline"
-        art_id = created["artifact"]["id"]
+        art_id = created["id"]
         r = api.client.patch(
             f"/api/artifacts/{art_id}", json={"values": {"state": "Done"}, "comment": "done"}, headers=headers
         )
@@ -86,7 +86,7 @@ class TestHappyPaths:
         assert [c["comment"] for c in r.json()["changesets"]] == [None, "done"]
 
     def test_read_filters_fields_and_private_comments(self, api: Api):
-        art = bug(api, internal_notes="root cause: bad cache", security_score=7)["artifact"]
+        art = bug(api, internal_notes="root cause: bad cache", security_score=7)
         api.client.patch(
             f"/api/artifacts/{art['id']}",
             json={"comment": "members only", "comment_private": True},
@@ -103,7 +103,7 @@ class TestHappyPaths:
         assert admin_view["values"]["security_score"] == 7
 
     def test_subscription_endpoints(self, api: Api):
-        art = bug(api)["artifact"]
+        art = bug(api)
         url = f"/api/artifacts/{art['id']}/subscription"
         r = api.client.put(url, json={"state": "following"}, headers=api.as_user("dave"))
         assert r.status_code == 200 and r.json()["state"] == "following"
@@ -230,7 +230,7 @@ class TestBadInput:
         assert api.dispatcher.committed == []
 
     def test_long_comment_within_body_limit_is_refused_by_rule(self, api: Api):
-        art = bug(api)["artifact"]
+        art = bug(api)
         r = api.client.patch(
             f"/api/artifacts/{art['id']}", json={"comment": "a" * 70_000}, headers=api.as_user("alice")
         )
@@ -243,7 +243,7 @@ class TestBadInput:
         assert_error(r, 409, "taken")
 
     def test_stale_version_conflicts(self, api: Api):
-        art = bug(api)["artifact"]
+        art = bug(api)
         api.client.patch(
             f"/api/artifacts/{art['id']}", json={"values": {"severity": 1}}, headers=api.as_user("alice")
         )
@@ -260,7 +260,7 @@ class TestBadInput:
             json={"values": {"title": "s"}},
             headers=api.as_user("carol"),
         )
-        art_id = r.json()["artifact"]["id"]
+        art_id = r.json()["id"]
         assert_error(
             api.client.get(f"/api/artifacts/{art_id}", headers=api.as_user("bob")), 404, "does not exist"
         )

@@ -66,7 +66,7 @@ def _bug(api: Api) -> dict:
         headers=api.as_user("alice"),
     )
     assert r.status_code == 201, r.text
-    return r.json()["artifact"]
+    return r.json()
 
 
 class TestSubscriptionStates:
@@ -108,7 +108,90 @@ class TestNoOpUpdate:
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["changeset_id"] is None and body["notification"] is None
-        assert body["artifact"]["version"] == art["version"]
+        assert body["version"] == art["version"]
         assert len(api.dispatcher.committed) == before
         r = api.client.patch(f"/api/artifacts/{art['id']}", json={}, headers=api.as_user("alice"))
         assert r.status_code == 200 and r.json()["changeset_id"] is None
+
+
+class TestOneArtifactShape:
+    ARTIFACT_KEYS = {
+        "id",
+        "tracker_id",
+        "project_id",
+        "submitted_by",
+        "submitted_at",
+        "last_updated_at",
+        "version",
+        "values",
+    }
+
+    def test_create_update_and_read_return_the_artifact_flat(self, api: Api):
+        alice = api.as_user("alice")
+        created = api.client.post(
+            f"/api/trackers/{api.world.bugs.id}/artifacts",
+            json={"values": {"title": "Crash"}},
+            headers=alice,
+        ).json()
+        url = f"/api/artifacts/{created['id']}"
+        updated = api.client.patch(url, json={"values": {"title": "Crash on save"}}, headers=alice).json()
+        unchanged = api.client.patch(url, json={"values": {"title": "Crash on save"}}, headers=alice).json()
+        read = api.client.get(url, headers=alice).json()
+        write_keys = self.ARTIFACT_KEYS | {"changeset_id", "notification"}
+        assert set(created) == set(updated) == set(unchanged) == write_keys
+        assert set(read) == self.ARTIFACT_KEYS | {"changesets"}
+        assert created["id"] == updated["id"] == read["id"]
+        assert updated["values"] == read["values"] == {"title": "Crash on save"}
+        assert (
+            (created["version"], updated["version"], unchanged["version"])
+            == (1, 2, 2)
+            == (1, 2, read["version"])
+        )
+        assert updated["changeset_id"] == read["changesets"][-1]["id"]
+        assert updated["notification"]["status"] == f"/api/changesets/{updated['changeset_id']}/notification"
+        assert unchanged["changeset_id"] is None and unchanged["notification"] is None
+
+
+def test_every_answer_key_is_declared_in_the_openapi_document(api: Api):
+    """The answer models let undeclared keys through rather than drop them; this keeps them declared."""
+    schemas = api.client.get("/openapi.json").json()["components"]["schemas"]
+
+    def declared(name: str) -> set[str]:
+        return set(schemas[name]["properties"])
+
+    r = api.client.post("/api/users", json={"username": "zed", "email": "zed@example.org"}, headers=api.admin)
+    assert set(r.json()) == declared("UserCreated")
+    user = api.client.get(f"/api/users/{r.json()['id']}", headers=api.admin).json()
+    assert set(user) == declared("User")
+    r = api.client.post("/api/projects", json={"name": "zp", "members": ["zed"]}, headers=api.admin)
+    assert set(r.json()) == declared("Project")
+    r = api.client.post(
+        "/api/trackers",
+        json={
+            "project_id": r.json()["id"],
+            "name": "t",
+            "fields": [{"name": "title", "type": "string"}],
+            "notifications": {"lists": [{"addresses": ["zl@example.org"]}]},
+        },
+        headers=api.admin,
+    )
+    tracker = r.json()
+    assert set(tracker) == declared("TrackerCreated")
+    assert set(tracker["fields"][0]) == declared("FieldView")
+    assert set(tracker["semantics"]) == declared("SemanticsView")
+    assert set(tracker["notifications"]) == declared("NotificationsView")
+    assert set(tracker["notifications"]["lists"][0]) == declared("ListView")
+    alice = api.as_user("alice")
+    art = api.client.post(
+        f"/api/trackers/{api.world.bugs.id}/artifacts",
+        json={"values": {"title": "x"}, "comment": "c"},
+        headers=alice,
+    ).json()
+    assert set(art) == declared("ArtifactWritten") and set(art["notification"]) == declared(
+        "NotificationLink"
+    )
+    read = api.client.get(f"/api/artifacts/{art['id']}", headers=alice).json()
+    assert set(read) == declared("ArtifactRead") and set(read["changesets"][0]) == declared("ChangesetView")
+    sub = api.client.get(f"/api/artifacts/{art['id']}/subscription", headers=alice).json()
+    assert set(sub) == declared("ArtifactSubscription")
+    assert set(api.client.get("/healthz").json()) == declared("Health")

@@ -14,7 +14,7 @@ def _bug(api: Api, user: str = "alice", **values) -> dict:
         headers=api.as_user(user),
     )
     assert r.status_code == 201, r.text
-    return r.json()["artifact"]
+    return r.json()
 
 
 def _same_as_unknown(api: Api, method: str, known: str, unknown: str, **kw) -> None:

@@ -16,7 +16,7 @@ def _artifact(api: Api) -> int:
         json={"values": {"title": "x"}},
         headers=api.as_user("alice"),
     )
-    return r.json()["artifact"]["id"]
+    return r.json()["id"]
 
 
 def _secret(api: Api) -> str:
@@ -126,7 +126,7 @@ class TestArtifactPage:
                   "comment": "public words"},
             headers=api.as_user("alice"),
         )  # fmt: skip
-        art = r.json()["artifact"]["id"]
+        art = r.json()["id"]
         api.client.patch(
             f"/api/artifacts/{art}", json={"comment": "members only words", "comment_private": True},
             headers=api.as_user("alice"),
@@ -144,7 +144,7 @@ class TestArtifactPage:
             json={"values": {"title": "Hidden plan"}},
             headers=api.as_user("carol"),
         )
-        art = r.json()["artifact"]["id"]
+        art = r.json()["id"]
         for path in (f"/artifacts/{art}", "/artifacts/99999"):
             page = api.client.get(path)
             assert page.status_code == 404 and "Hidden plan" not in page.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -10,14 +11,18 @@ import pytest
 from sqlalchemy import update
 
 from herald.config import DispatchMode, Settings
+from herald.delivery import Deliverer, Verdict
+from herald.mail import make_pool
 from herald.outbox import Notification, NotificationState, lock
 from herald.outbox.records import requeue_after
 from herald.queue import Queue, QueueUnavailable, make_queue
 from herald.tracker.models import utcnow
 from herald.web.dispatcher import build_dispatcher
-from herald.worker.relay import Relay
+from herald.worker.relay import PENDING_GRACE_SECONDS, Relay
 from tests.support.beds import Bed, notification
 from tests.support.redis_server import RedisServer
+from tests.support.smtp import HANG
+from tests.support.waiting import wait_until
 
 
 def _settings(request: pytest.FixtureRequest, bed: Bed, backend: str) -> Settings:
@@ -160,3 +165,37 @@ def test_with_the_queue_down_the_relay_raises_and_loses_nothing(
     assert n.state is NotificationState.PENDING and n.job_id  # the id is kept for the next push
     assert Relay(bed.db, queue, settings, clock=at(3)).run_once().pushed == 1
     assert [j.id for j in drain(queue)] == [n.job_id]
+
+
+def test_an_inline_delivery_in_progress_is_handed_to_no_other_process(
+    bed: Bed, settings: Settings, queue: Queue
+):
+    """Issue 9, defect 7: in 0.1 an inline delivery left its row ``pending`` while it worked, so past the
+    relay's grace a worker planned the same messages again, in parallel. The request's run holds the
+    changeset's lock: the relay leaves the row alone and a worker's run finds it busy, mailing no one."""
+    bed.server.script_data(HANG)  # the request's first mail hangs in DATA: the delivery is mid-run
+    dispatcher = build_dispatcher(settings, bed.db)
+    cs = bed.changeset(DispatchMode.INLINE)
+    request = threading.Thread(target=dispatcher.after_commit, args=(cs, DispatchMode.INLINE))
+    request.start()
+    try:
+        wait_until(lambda: bed.server.data_count >= 1, "the inline delivery to be sending")
+        past_grace = PENDING_GRACE_SECONDS + 1  # and within the lease, which a live run keeps
+        assert past_grace < settings.lease_seconds
+        assert Relay(bed.db, queue, settings, clock=at(past_grace)).run_once().pushed == 0
+        assert drain(queue) == []
+        relay = make_pool(settings, max_connections=1)
+        try:
+            worker = Deliverer(bed.db, settings, relay).deliver(
+                cs, holder="worker:1", mode=DispatchMode.ASYNC
+            )
+        finally:
+            relay.close()
+        assert worker.verdict is Verdict.BUSY
+    finally:
+        bed.server.drop_connections()
+        request.join(timeout=60)
+        dispatcher.close()
+    assert not request.is_alive()
+    received = [m.rcpt_tos[0] for m in bed.server.messages]
+    assert len(received) == len(set(received))  # nobody twice

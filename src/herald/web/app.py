@@ -62,7 +62,7 @@ def create_app(settings: Settings, *, dispatcher_factory: DispatcherFactory | No
     app.include_router(artifacts.router, responses=errors.ERROR_RESPONSES)
     app.include_router(status.router)
     app.include_router(mailbox.router, responses=errors.ERROR_RESPONSES)
-    app.include_router(unsubscribe.router)
+    app.include_router(unsubscribe.router, responses=errors.PAGE_RESPONSES)
     app.include_router(ops.router)
     app.include_router(console.router)
     app.include_router(artifact_page.router)

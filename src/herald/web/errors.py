@@ -24,7 +24,7 @@ from herald.tracker.errors import Conflict, InvalidInput, NotFound, PermissionDe
 
 log = logging.getLogger("herald.web")
 
-__all__ = ["ERROR_RESPONSES", "ErrorBody", "error_body", "install"]
+__all__ = ["ERROR_RESPONSES", "PAGE_RESPONSES", "ErrorBody", "error_body", "install"]
 
 _STATUS: dict[type[TrackerError], tuple[int, str]] = {
     NotFound: (404, "not_found"),
@@ -85,7 +85,16 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     409: _doc("conflict: a duplicate, a stale version, an address taken"),
     413: _doc("too_large: a request body over 1 MiB"),
     422: _doc("invalid: every problem of the body, each naming its field"),
-    429: _doc("too_many_requests: retry after the Retry-After header's seconds"),
+}
+#: The HTML pages that mail links open (no token): a page for an unknown or forged link, JSON errors for the
+#: rest, as everywhere.
+PAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {
+        "description": "an HTML page: the link is unknown, forged or expired",
+        "content": {"text/html": {}},
+    },
+    413: ERROR_RESPONSES[413],
+    422: _doc("invalid: a path parameter out of bounds"),
 }
 
 

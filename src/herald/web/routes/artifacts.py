@@ -16,6 +16,7 @@ from herald.outbox import records
 from herald.tracker import subscriptions
 from herald.tracker.artifacts import NothingChanged, create_artifact, get_artifact, update_artifact
 from herald.tracker.models import Changeset, User
+from herald.web.answers import ArtifactRead, ArtifactSubscription, ArtifactWritten, TrackerSubscription
 from herald.web.auth import AnyCaller, Caller
 from herald.web.routes.common import Id, RuntimeDep
 from herald.web.runtime import Runtime
@@ -26,14 +27,18 @@ router = APIRouter(prefix="/api", tags=["artifacts"])
 
 
 def _change(runtime: Runtime, caller: User, change: Callable[[Session, User], Changeset]) -> dict[str, Any]:
-    """Commit ``change`` with the notification it owes (one transaction), then hand the notification on."""
+    """Commit ``change`` with the notification it owes (one transaction), then hand the notification on.
+
+    The answer is the artifact, flat, as ``GET /api/artifacts/{id}`` gives it (without the history), plus
+    the change this request made: ``changeset_id`` and ``notification`` (its mode and where to follow it).
+    """
     with runtime.db.session() as s:
         author = s.merge(caller, load=False)
         cs = change(s, author)
         mode = runtime.dispatcher.mode_for(cs.artifact.tracker.project_id)
         records.record(s, cs.id, mode, cs.created_at)
         answer = {
-            "artifact": artifact_view(cs.artifact, author, with_history=False),
+            **artifact_view(cs.artifact, author, with_history=False),
             "changeset_id": cs.id,
             "notification": {"mode": mode.value, "status": f"/api/changesets/{cs.id}/notification"},
         }
@@ -41,7 +46,7 @@ def _change(runtime: Runtime, caller: User, change: Callable[[Session, User], Ch
     return answer
 
 
-@router.post("/trackers/{tracker_id}/artifacts", status_code=201)
+@router.post("/trackers/{tracker_id}/artifacts", status_code=201, response_model=ArtifactWritten)
 def post_artifact(
     tracker_id: Id, body: ArtifactCreate, caller: Caller, runtime: RuntimeDep
 ) -> dict[str, Any]:
@@ -59,7 +64,7 @@ def post_artifact(
     )
 
 
-@router.patch("/artifacts/{artifact_id}")
+@router.patch("/artifacts/{artifact_id}", response_model=ArtifactWritten)
 def patch_artifact(
     artifact_id: Id, body: ArtifactUpdate, caller: Caller, runtime: RuntimeDep
 ) -> dict[str, Any]:
@@ -71,7 +76,7 @@ def patch_artifact(
             viewer = s.merge(caller, load=False)
             artifact = get_artifact(s, artifact_id, viewer)
             view = artifact_view(artifact, viewer, with_history=False)
-        return {"artifact": view, "changeset_id": None, "notification": None}
+        return {**view, "changeset_id": None, "notification": None}
 
 
 def _patch(artifact_id: int, body: ArtifactUpdate, caller: User, runtime: Runtime) -> dict[str, Any]:
@@ -90,7 +95,11 @@ def _patch(artifact_id: int, body: ArtifactUpdate, caller: User, runtime: Runtim
     )
 
 
-@router.get("/artifacts/{artifact_id}", summary="An artifact and its history, as the caller may see them")
+@router.get(
+    "/artifacts/{artifact_id}",
+    summary="An artifact and its history, as the caller may see them",
+    response_model=ArtifactRead,
+)
 def read_artifact(artifact_id: Id, caller: AnyCaller, runtime: RuntimeDep) -> dict[str, Any]:
     with runtime.db.read() as s:
         viewer = s.merge(caller.user, load=False) if caller.user is not None else None
@@ -98,7 +107,9 @@ def read_artifact(artifact_id: Id, caller: AnyCaller, runtime: RuntimeDep) -> di
 
 
 @router.get(
-    "/artifacts/{artifact_id}/subscription", summary="The caller's subscription state and its meaning"
+    "/artifacts/{artifact_id}/subscription",
+    summary="The caller's subscription state and its meaning",
+    response_model=ArtifactSubscription,
 )
 def read_subscription(artifact_id: Id, caller: Caller, runtime: RuntimeDep) -> dict[str, Any]:
     with runtime.db.read() as s:
@@ -109,6 +120,7 @@ def read_subscription(artifact_id: Id, caller: Caller, runtime: RuntimeDep) -> d
 @router.put(
     "/artifacts/{artifact_id}/subscription",
     summary="Set the subscription: default, following or unsubscribed",
+    response_model=ArtifactSubscription,
 )
 def put_subscription(
     artifact_id: Id, body: SubscriptionChange, caller: Caller, runtime: RuntimeDep
@@ -133,14 +145,22 @@ def delete_subscription(artifact_id: Id, caller: Caller, runtime: RuntimeDep) ->
     return Response(status_code=204)
 
 
-@router.get("/trackers/{tracker_id}/subscription", summary="The caller's tracker subscription state")
+@router.get(
+    "/trackers/{tracker_id}/subscription",
+    summary="The caller's tracker subscription state",
+    response_model=TrackerSubscription,
+)
 def read_tracker_subscription(tracker_id: Id, caller: Caller, runtime: RuntimeDep) -> dict[str, Any]:
     with runtime.db.read() as s:
         state = subscriptions.tracker_state(s, tracker_id, s.merge(caller, load=False))
     return {"tracker_id": tracker_id, "state": state, "meaning": subscriptions.TRACKER_STATES[state]}
 
 
-@router.put("/trackers/{tracker_id}/subscription", summary="Unsubscribe from a tracker, or back to default")
+@router.put(
+    "/trackers/{tracker_id}/subscription",
+    summary="Unsubscribe from a tracker, or back to default",
+    response_model=TrackerSubscription,
+)
 def put_tracker_subscription(
     tracker_id: Id, body: TrackerSubscriptionChange, caller: Caller, runtime: RuntimeDep
 ) -> dict[str, Any]:

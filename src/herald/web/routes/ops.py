@@ -20,7 +20,12 @@ log = logging.getLogger("herald.web")
 COOKIE = "herald_admin"
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"description": "Prometheus text format", "content": {"text/plain": {}}}},
+)
 def metrics(runtime: RuntimeDep) -> Response:
     collector = HeraldCollector(runtime.settings, runtime.db, runtime.queue, runtime.live_workers)
     return Response(render_metrics(collector), media_type=CONTENT_TYPE_LATEST)

@@ -10,6 +10,7 @@ from sqlalchemy import text
 
 from herald.outbox import notification_detail
 from herald.tracker.errors import NotFound
+from herald.web.answers import Health
 from herald.web.auth import Admin
 from herald.web.errors import ERROR_RESPONSES
 from herald.web.routes.common import Id, RuntimeDep
@@ -17,7 +18,14 @@ from herald.web.routes.common import Id, RuntimeDep
 router = APIRouter(tags=["status"])
 
 
-@router.get("/healthz", summary="Liveness and database reachability (no auth)")
+@router.get(
+    "/healthz",
+    summary="Liveness and database reachability (no auth)",
+    responses={
+        200: {"model": Health, "description": "up, and the database answers"},
+        503: {"model": Health, "description": "the database cannot be reached"},
+    },
+)
 def healthz(runtime: RuntimeDep) -> JSONResponse:
     try:
         with runtime.db.engine.connect() as conn:
