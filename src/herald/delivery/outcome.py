@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 __all__ = ["DeliveryOutcome", "Verdict"]
 
@@ -22,7 +23,11 @@ class Verdict(enum.StrEnum):
 @dataclass(frozen=True)
 class DeliveryOutcome:
     """The result of :meth:`~herald.delivery.Deliverer.deliver`; counts are the ledger's, all runs
-    included (``held``: recipients this run held back because the relay was down)."""
+    included (``held``: recipients this run held back because the relay was down).
+
+    What this run itself did, for the metrics: ``attempts`` counts its sends by ``(outcome, smtp_class)``
+    (see :data:`herald.outbox.stats.ATTEMPTS`), ``latencies`` holds, per recipient it sent, the seconds
+    from the change's commit to the relay's acceptance."""
 
     verdict: Verdict
     changeset_id: int
@@ -35,6 +40,8 @@ class DeliveryOutcome:
     delay: float = 0.0
     duration_ms: float = 0.0
     reason: str = ""
+    attempts: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    latencies: tuple[float, ...] = ()
 
     @property
     def finished(self) -> bool:

@@ -5,17 +5,19 @@ Imports ``tracker`` and ``config``.
 - :mod:`~herald.outbox.records`: the row recorded with the change, queued/dead marks, the relay's view;
 - :mod:`~herald.outbox.lock`: acquire, guard, renew, finish, release a dead process's locks;
 - :mod:`~herald.outbox.ledger`: sync the ledger with a plan, record outcomes, tally;
-- :mod:`~herald.outbox.backlog`: what ``ops`` and ``web`` read.
+- :mod:`~herald.outbox.backlog`: what ``ops`` and ``web`` read;
+- :mod:`~herald.outbox.stats`: the delivery totals behind ``/metrics``, summed over every process.
 """
 
-from herald.outbox import ledger, lock, records
+from herald.outbox import ledger, lock, records, stats
 from herald.outbox.backlog import UNFINISHED, Backlog, notification_detail, read_backlog, recent_notifications
-from herald.outbox.tables import Delivery, DeliveryStatus, Notification, NotificationState
+from herald.outbox.tables import Delivery, DeliveryCounter, DeliveryStatus, Notification, NotificationState
 
 __all__ = [
     "UNFINISHED",
     "Backlog",
     "Delivery",
+    "DeliveryCounter",
     "DeliveryStatus",
     "Notification",
     "NotificationState",
@@ -25,4 +27,5 @@ __all__ = [
     "read_backlog",
     "recent_notifications",
     "records",
+    "stats",
 ]

@@ -14,7 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from herald.delivery import DeliveryOutcome
+from herald.delivery import DeliveryOutcome, Verdict
+from herald.outbox import stats
 from herald.queue import Job
 from herald.tracker.db import Database
 from herald.worker.heartbeat import Heartbeat
@@ -22,7 +23,7 @@ from herald.worker.heartbeat import Heartbeat
 if TYPE_CHECKING:
     from herald.worker.loop import Worker
 
-__all__ = ["HeartbeatHook", "Hook", "Hooks", "JobResult", "LogHook"]
+__all__ = ["HeartbeatHook", "Hook", "Hooks", "JobResult", "LogHook", "MetricsHook"]
 
 log = logging.getLogger("herald.worker")
 
@@ -202,3 +203,73 @@ class HeartbeatHook(Hook):
     def worker_stopping(self, worker: Worker) -> None:
         if self._beat is not None:
             self._beat.stop()
+
+
+#: How often a worker writes what it counted to the database (and so how stale a scrape can be).
+METRICS_FLUSH_SECONDS = 1.0
+
+
+class MetricsHook(Hook):
+    """Counts every job and every send of this process (:mod:`herald.outbox.stats`) and adds them to the
+    database totals once a second from a background thread, and once more when the worker stops. The
+    counting itself is a few dictionary updates under a lock; nothing touches the database on the job's
+    path."""
+
+    def __init__(self, db: Database, *, interval: float = METRICS_FLUSH_SECONDS) -> None:
+        self.db = db
+        self.counts = stats.Counts()
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failing = False
+
+    def worker_started(self, worker: Worker) -> None:
+        self._thread = threading.Thread(target=self._run, name="metrics-flush", daemon=True)
+        self._thread.start()
+
+    def job_settled(self, worker: Worker, result: JobResult) -> None:
+        self.counts.inc(stats.JOBS, {"outcome": job_outcome(result)})
+        self.counts.observe(stats.JOB_DURATION, [result.duration_ms / 1000])
+        outcome = result.outcome
+        if outcome is None:
+            return
+        for (verdict, smtp_class), n in outcome.attempts.items():
+            self.counts.inc(stats.ATTEMPTS, {"outcome": verdict, "smtp_class": smtp_class}, n)
+        self.counts.observe(stats.LATENCY, outcome.latencies)
+
+    def worker_stopping(self, worker: Worker) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.flush()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what was counted since the last flush; on failure keep it for the next one."""
+        deltas = self.counts.take()
+        if not deltas:
+            return
+        try:
+            with self.db.write() as conn:
+                stats.add(conn, deltas)
+        except Exception as exc:
+            self.counts.give_back(deltas)
+            if not self._failing:
+                log.warning("metrics could not be written (kept for the next try): %s", exc)
+            self._failing = True
+            return
+        self._failing = False
+
+
+def job_outcome(result: JobResult) -> str:
+    """The ``outcome`` label of :data:`herald.outbox.stats.JOBS` for a settled job."""
+    if result.action == "ack":
+        return "done"
+    if result.action == "dead":
+        return "dead"
+    if result.outcome is not None and result.outcome.verdict is Verdict.BUSY:
+        return "busy"
+    return "retry"

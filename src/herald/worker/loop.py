@@ -43,7 +43,7 @@ from herald.queue import Job, Queue, QueueError, make_queue
 from herald.tracker.db import Database
 from herald.tracker.models import utcnow
 from herald.worker.heartbeat import process_name
-from herald.worker.hooks import HeartbeatHook, Hook, Hooks, JobResult, LogHook
+from herald.worker.hooks import HeartbeatHook, Hook, Hooks, JobResult, LogHook, MetricsHook
 from herald.worker.supervisor import workers_wanted
 
 __all__ = ["CLAIM_TIMEOUT_SECONDS", "LeaseKeeper", "Worker", "connection_share"]
@@ -169,7 +169,9 @@ class Worker:
             recorder=self.recorder,
         )
         self.policy = RetryPolicy.from_settings(settings)
-        self.hooks = Hooks(hooks if hooks is not None else [LogHook(), HeartbeatHook(self.db)])
+        self.hooks = Hooks(
+            hooks if hooks is not None else [LogHook(), HeartbeatHook(self.db), MetricsHook(self.db)]
+        )
         self.jobs_done = 0
         self._slots = threading.Semaphore(self.concurrency)
         self._in_hand: dict[str, Job] = {}

@@ -31,7 +31,7 @@ COOKIE = "herald_admin"
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 def metrics(runtime: RuntimeDep) -> Response:
-    collector = HeraldCollector(runtime.settings, runtime.db, runtime.queue, runtime.live_workers)
+    collector = HeraldCollector(runtime.settings, runtime.db, runtime.queue)
     return Response(render_metrics(collector), media_type=CONTENT_TYPE_LATEST)
 
 
