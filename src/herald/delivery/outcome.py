@@ -6,7 +6,9 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["DeliveryOutcome", "Verdict"]
+from herald.outbox import stats
+
+__all__ = ["DeliveryOutcome", "Verdict", "count_sends"]
 
 
 class Verdict(enum.StrEnum):
@@ -47,3 +49,10 @@ class DeliveryOutcome:
     def finished(self) -> bool:
         """Whether the job that asked for this run is done with (ack), rather than due again later."""
         return self.verdict in (Verdict.DONE, Verdict.GONE, Verdict.LOST)
+
+
+def count_sends(counts: stats.Counts, outcome: DeliveryOutcome) -> None:
+    """Add what one run did (its sends by outcome and SMTP class, its latencies) to ``counts``."""
+    for (verdict, smtp_class), n in outcome.attempts.items():
+        counts.inc(stats.ATTEMPTS, {"outcome": verdict, "smtp_class": smtp_class}, n)
+    counts.observe(stats.LATENCY, outcome.latencies)

@@ -20,6 +20,7 @@ hooks) and the reader (:mod:`herald.ops.metrics`) agree.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from herald.outbox.tables import DeliveryCounter
+from herald.tracker.db import Database
 
 __all__ = [
     "ATTEMPTS",
@@ -38,12 +40,15 @@ __all__ = [
     "Counts",
     "Histogram",
     "SeriesKey",
+    "StatsWriter",
     "add",
     "labels_text",
     "parse_labels",
     "read",
     "smtp_class",
 ]
+
+log = logging.getLogger("herald.metrics")
 
 T = DeliveryCounter.__table__
 C = T.c
@@ -180,3 +185,54 @@ def add(conn: Connection, deltas: Mapping[SeriesKey, float]) -> None:
 def read(conn: Connection) -> dict[SeriesKey, float]:
     """Every total, by series."""
     return {(m, labels): float(v) for m, labels, v in conn.execute(_READ)}
+
+
+#: How often a process writes what it counted (and so how far behind a scrape can be).
+FLUSH_SECONDS = 1.0
+
+
+class StatsWriter:
+    """A process's :class:`Counts` and the background thread that adds them to the database totals every
+    ``interval`` seconds; :meth:`stop` writes what is left. A write that fails keeps its increments for the
+    next one (logged once per outage): the metrics never stop a delivery."""
+
+    def __init__(self, db: Database, *, interval: float = FLUSH_SECONDS) -> None:
+        self.db = db
+        self.counts = Counts()
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failing = False
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="metrics-flush", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.flush()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what was counted since the last flush; on failure keep it for the next one."""
+        deltas = self.counts.take()
+        if not deltas:
+            return
+        try:
+            with self.db.write() as conn:
+                add(conn, deltas)
+        except Exception as exc:
+            self.counts.give_back(deltas)
+            if not self._failing:
+                log.warning("metrics could not be written (kept for the next try): %s", exc)
+            self._failing = True
+            return
+        if self._failing:
+            log.info("metrics written again")
+        self._failing = False

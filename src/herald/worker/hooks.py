@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from herald.delivery import DeliveryOutcome, Verdict
+from herald.delivery import DeliveryOutcome, Verdict, count_sends
 from herald.outbox import stats
 from herald.queue import Job
 from herald.tracker.db import Database
@@ -205,63 +205,29 @@ class HeartbeatHook(Hook):
             self._beat.stop()
 
 
-#: How often a worker writes what it counted to the database (and so how stale a scrape can be).
-METRICS_FLUSH_SECONDS = 1.0
-
-
 class MetricsHook(Hook):
-    """Counts every job and every send of this process (:mod:`herald.outbox.stats`) and adds them to the
-    database totals once a second from a background thread, and once more when the worker stops. The
-    counting itself is a few dictionary updates under a lock; nothing touches the database on the job's
-    path."""
+    """Counts every job and every send of this process (:mod:`herald.outbox.stats`): a few dictionary
+    updates under a lock on the job's path; a background thread adds them to the database totals once a
+    second, and once more when the worker stops."""
 
-    def __init__(self, db: Database, *, interval: float = METRICS_FLUSH_SECONDS) -> None:
-        self.db = db
-        self.counts = stats.Counts()
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._failing = False
+    def __init__(self, db: Database, *, interval: float = stats.FLUSH_SECONDS) -> None:
+        self.writer = stats.StatsWriter(db, interval=interval)
+        self.counts = self.writer.counts
 
     def worker_started(self, worker: Worker) -> None:
-        self._thread = threading.Thread(target=self._run, name="metrics-flush", daemon=True)
-        self._thread.start()
+        self.writer.start()
 
     def job_settled(self, worker: Worker, result: JobResult) -> None:
         self.counts.inc(stats.JOBS, {"outcome": job_outcome(result)})
         self.counts.observe(stats.JOB_DURATION, [result.duration_ms / 1000])
-        outcome = result.outcome
-        if outcome is None:
-            return
-        for (verdict, smtp_class), n in outcome.attempts.items():
-            self.counts.inc(stats.ATTEMPTS, {"outcome": verdict, "smtp_class": smtp_class}, n)
-        self.counts.observe(stats.LATENCY, outcome.latencies)
+        if result.outcome is not None:
+            count_sends(self.counts, result.outcome)
 
     def worker_stopping(self, worker: Worker) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        self.flush()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            self.flush()
+        self.writer.stop()
 
     def flush(self) -> None:
-        """Write what was counted since the last flush; on failure keep it for the next one."""
-        deltas = self.counts.take()
-        if not deltas:
-            return
-        try:
-            with self.db.write() as conn:
-                stats.add(conn, deltas)
-        except Exception as exc:
-            self.counts.give_back(deltas)
-            if not self._failing:
-                log.warning("metrics could not be written (kept for the next try): %s", exc)
-            self._failing = True
-            return
-        self._failing = False
+        self.writer.flush()
 
 
 def job_outcome(result: JobResult) -> str:
