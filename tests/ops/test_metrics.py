@@ -167,3 +167,19 @@ def test_an_unreachable_queue_is_reported_not_raised(bed: Bed):
     got = scrape(bed, _DownQueue())
     assert got["herald_up", (("part", "queue"),)] == 0
     assert not any(name == "herald_queue_jobs" for name, _ in got)
+
+
+def test_inline_deliveries_count_into_the_same_totals(bed: Bed):
+    from herald.web.dispatcher import build_dispatcher
+
+    bed.server.refuse_recipient("carol@example.org")
+    dispatcher = build_dispatcher(bed.settings, bed.db)
+    try:
+        dispatcher.after_commit(bed.changeset(DispatchMode.INLINE), DispatchMode.INLINE)
+    finally:
+        dispatcher.close()  # writes what the front end counted
+    got = scrape(bed)
+    assert got["herald_delivery_attempts_total", (("outcome", "sent"), ("smtp_class", "2xx"))] == 2
+    assert got["herald_delivery_attempts_total", (("outcome", "failed"), ("smtp_class", "5xx"))] == 1
+    assert got["herald_delivery_latency_seconds_count", ()] == 2
+    assert got["herald_jobs_total", (("outcome", "done"),)] == 0  # no job: inline
