@@ -42,6 +42,7 @@ CONFIG_ENV = "HERALD_CONFIG"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 SMTP_SECURITY = ("none", "starttls", "tls")
 QUEUE_BACKENDS = ("redis", "sql")
+LOG_FORMATS = ("text", "json")
 
 
 class ConfigError(ValueError):
@@ -202,6 +203,8 @@ class Settings:
     inline_max_recipients: int = 200
     smtp_max_connections: int = 64
     smtp_rate_limit: RateLimit | None = None
+    # --- logs (issue 8): one JSON object per line for log shippers; log_dir = "-" logs to stderr only.
+    log_format: str = "text"
 
     @property
     def sqlite_path(self) -> Path:
@@ -210,6 +213,11 @@ class Settings:
     @property
     def redis_configured(self) -> bool:
         return bool(self.redis_server or self.redis_url)
+
+    @property
+    def log_to_stderr(self) -> bool:
+        """``log_dir = "-"``: every line to stderr, no log file (systemd's journal, containers)."""
+        return str(self.log_dir) == "-"
 
     @property
     def mailbox_dir(self) -> Path:
@@ -435,6 +443,8 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "inline_max_recipients": _as_int(1, 1_000_000),
     "smtp_max_connections": _as_int(1, 1024),
     "smtp_rate_limit": lambda _key, value: parse_rate_limit(value),
+    # --- logs (issue 8)
+    "log_format": _one_of(LOG_FORMATS),
 }
 
 KEYS: tuple[str, ...] = tuple(_PARSERS)
@@ -617,7 +627,8 @@ def secure_data_dir(settings: Settings) -> None:
     """
     os.umask(PRIVATE_UMASK)
     for path in (settings.data_dir, settings.log_dir):
-        Path(path).mkdir(mode=0o700, parents=True, exist_ok=True)
+        if str(path) != "-":  # log_dir = "-": stderr, no directory
+            Path(path).mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
 def _secret_file(path: Path) -> str:

@@ -246,6 +246,7 @@ class FrontEndDispatcher:
             return
         if self._breaker.succeeded():
             log.info("queue reachable again")
+        log.info("Notification: changeset_id=%d queued job_id=%s", changeset_id, job.id)
         self._marks.add(changeset_id, job.id, datetime.fromtimestamp(job.enqueued_at, UTC))
 
     def _inline(self, changeset_id: int) -> None:
