@@ -46,11 +46,13 @@ _RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))
 
 def _value(text: str) -> Any:
     if text[:1] in "'\"":
+        if "\\" not in text:  # the common case: a repr without escapes is its text between the quotes
+            return text[1:-1]
         try:
             return ast.literal_eval(text)
         except (ValueError, SyntaxError):
             return text
-    if _INT.fullmatch(text):
+    if (text.isascii() and text.isdigit()) or _INT.fullmatch(text):
         return int(text)
     if _FLOAT.fullmatch(text):
         return float(text)
@@ -74,8 +76,9 @@ class JsonFormatter(logging.Formatter):
         for key, raw in _PAIR.findall(message):
             if key not in out:
                 out[key] = _value(raw)
-        for key, value in vars(record).items():
-            if key not in _RECORD_FIELDS and not key.startswith("_") and key not in out:
+        for key in record.__dict__.keys() - _RECORD_FIELDS:  # extras passed with extra=
+            if not key.startswith("_") and key not in out:
+                value = record.__dict__[key]
                 out[key] = value if isinstance(value, str | int | float | bool | type(None)) else str(value)
         if record.exc_info:
             out["exc_info"] = self.formatException(record.exc_info)
