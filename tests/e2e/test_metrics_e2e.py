@@ -51,9 +51,11 @@ def refused(stack: Stack) -> int:
         return int(s.scalar(select(func.count()).where(Delivery.address == CAROL, Delivery.attempts >= 1)))
 
 
-def test_one_scrape_counts_every_worker_process_once(make_stack):
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_one_scrape_counts_every_worker_process_once(make_stack, request, database):
+    url = request.getfixturevalue("pg_url") if database == "postgresql" else None
     # One delivery at a time per worker: the two workers of a generation share the jobs.
-    stack: Stack = make_stack(HERALD_WORKER_CONCURRENCY="1")
+    stack: Stack = make_stack(url, HERALD_WORKER_CONCURRENCY="1")
     stack.smtp.refuse_recipient(DAVE)  # 550: failed for good
     stack.smtp.refuse_recipient(CAROL, "451 4.7.1 greylisted")  # 4xx: retried until accepted
 
