@@ -42,6 +42,7 @@ CONFIG_ENV = "HERALD_CONFIG"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 SMTP_SECURITY = ("none", "starttls", "tls")
 QUEUE_BACKENDS = ("redis", "sql")
+LOG_FORMATS = ("text", "json")
 
 
 class ConfigError(ValueError):
@@ -205,6 +206,8 @@ class Settings:
     # admin console sessions
     admin_session_seconds: float = 8 * 3600.0
     admin_session_idle_seconds: float = 3600.0
+    # --- logs (issue 8): one JSON object per line for log shippers; log_dir = "-" logs to stderr only.
+    log_format: str = "text"
 
     @property
     def sqlite_path(self) -> Path:
@@ -213,6 +216,11 @@ class Settings:
     @property
     def redis_configured(self) -> bool:
         return bool(self.redis_server or self.redis_url)
+
+    @property
+    def log_to_stderr(self) -> bool:
+        """``log_dir = "-"``: every line to stderr, no log file (systemd's journal, containers)."""
+        return str(self.log_dir) == "-"
 
     @property
     def mailbox_dir(self) -> Path:
@@ -441,6 +449,8 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     # admin console sessions
     "admin_session_seconds": lambda key, value: parse_duration(key, value, 60.0, 30 * 24 * 3600.0),
     "admin_session_idle_seconds": lambda key, value: parse_duration(key, value, 60.0, 30 * 24 * 3600.0),
+    # --- logs (issue 8)
+    "log_format": _one_of(LOG_FORMATS),
 }
 
 KEYS: tuple[str, ...] = tuple(_PARSERS)
@@ -623,7 +633,8 @@ def secure_data_dir(settings: Settings) -> None:
     """
     os.umask(PRIVATE_UMASK)
     for path in (settings.data_dir, settings.log_dir):
-        Path(path).mkdir(mode=0o700, parents=True, exist_ok=True)
+        if str(path) != "-":  # log_dir = "-": stderr, no directory
+            Path(path).mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
 def _secret_file(path: Path) -> str:

@@ -4,7 +4,7 @@ workers (``herald.worker``). Imports ``outbox``, ``notify``, ``mail``, ``tracker
 
 from herald.delivery.gate import RelayGate
 from herald.delivery.leases import HeldLeases
-from herald.delivery.outcome import DeliveryOutcome, Verdict
+from herald.delivery.outcome import DeliveryOutcome, Verdict, count_sends
 from herald.delivery.policy import RetryPolicy, backoff, format_age
 from herald.delivery.run import Deliverer, Relay, reply_text
 
@@ -17,6 +17,7 @@ __all__ = [
     "RetryPolicy",
     "Verdict",
     "backoff",
+    "count_sends",
     "format_age",
     "reply_text",
 ]

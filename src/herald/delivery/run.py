@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, as_completed
 from datetime import datetime, timedelta
@@ -46,6 +46,7 @@ from herald.notify.recipients import Recipient
 from herald.notify.wire import Wire
 from herald.outbox import ledger, lock
 from herald.outbox.ledger import LedgerRow, Outcome
+from herald.outbox.stats import smtp_class
 from herald.outbox.tables import DeliveryStatus, NotificationState
 from herald.tracker.db import Database
 from herald.tracker.models import utcnow
@@ -86,12 +87,15 @@ def relay_down(exc: BaseException) -> bool:
 
 
 class _Held:
-    """A send that was not tried, or failed on a relay-level error: nobody is charged for it."""
+    """A send that was not tried, or failed on a relay-level error (``tried``, with the reply ``code`` if
+    any): nobody is charged for it."""
 
-    __slots__ = ("reason",)
+    __slots__ = ("code", "reason", "tried")
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, tried: bool = False, code: int | None = None) -> None:
         self.reason = reason
+        self.tried = tried
+        self.code = code
 
 
 _STOPPING = "stopping"
@@ -200,10 +204,11 @@ class Deliverer:
             return self._not_locked(changeset_id, attempt)
         lease = attempt.lease
         self.leases.add(lease)
+        run = _Run(self, lease, prepared, rows, mode, started, keep_going)
         try:
-            return _Run(self, lease, prepared, rows, mode, started, keep_going).run()
+            return run.run()
         except Exception as exc:  # a bug or the database failing mid-way: release, retry later
-            return self._abandon(lease, exc, started)
+            return self._abandon(lease, exc, started, run)
         finally:
             self.leases.discard(lease)
 
@@ -224,7 +229,7 @@ class Deliverer:
         )
         return DeliveryOutcome(Verdict.BUSY, changeset_id, delay=delay, reason="held by another process")
 
-    def _abandon(self, lease: lock.Lease, exc: Exception, started: float) -> DeliveryOutcome:
+    def _abandon(self, lease: lock.Lease, exc: Exception, started: float, run: _Run) -> DeliveryOutcome:
         reason = f"{type(exc).__name__}: {exc}"[:500]
         log.exception("Notification: delivery of changeset_id=%d broke off: %s", lease.changeset_id, reason)
         delay = self.policy.broken_run_delay(lease.attempts, self._rng)
@@ -247,6 +252,8 @@ class Deliverer:
             delay=delay,
             duration_ms=(time.perf_counter() - started) * 1000,
             reason=reason,
+            attempts=dict(run.attempts),
+            latencies=tuple(run.latencies),
         )
 
     # --- sending one message (runs on a sender thread) -------------------------------------------------
@@ -270,7 +277,7 @@ class Deliverer:
             if relay_down(exc):
                 if gate is not None:
                     gate.report_down(reply_text(exc))
-                return _Held(reply_text(exc))
+                return _Held(reply_text(exc), tried=True, code=getattr(exc, "code", None))
             return exc
 
 
@@ -300,6 +307,9 @@ class _Run:
         self.last_error: str | None = None
         self.outcomes: list[Outcome] = []  # not yet handed to the database
         self.pending: list[Future[object]] = []  # handed to the recorder, not yet confirmed
+        #: For the metrics: this run's sends by (outcome, SMTP class), and commit-to-sent seconds.
+        self.attempts: Counter[tuple[str, str]] = Counter()
+        self.latencies: list[float] = []
 
     def run(self) -> DeliveryOutcome:
         try:
@@ -312,7 +322,12 @@ class _Run:
                 self.lease.fence,
             )
             return DeliveryOutcome(
-                Verdict.LOST, self.cs, artifact_id=self.prepared.artifact_id, reason="fenced off"
+                Verdict.LOST,
+                self.cs,
+                artifact_id=self.prepared.artifact_id,
+                reason="fenced off",
+                attempts=dict(self.attempts),
+                latencies=tuple(self.latencies),
             )
 
     def _run(self) -> DeliveryOutcome:
@@ -392,6 +407,7 @@ class _Run:
             except ValueError as exc:  # an address or header that must not go out: never sendable
                 reply = f"not sent: {exc}"
                 self._log_failure(recipient, reply, "permanent failure")
+                self.attempts["failed", "none"] += 1
                 self.outcomes.append(
                     Outcome(recipient.address, DeliveryStatus.FAILED, reply=reply, attempted=False)
                 )
@@ -411,11 +427,21 @@ class _Run:
                 if result.reason == _STOPPING:
                     self.interrupted = True
                     continue
+                if result.tried:
+                    self.attempts["held", smtp_class(result.code)] += 1
                 held.append(recipient)
                 self.last_error = f"relay: {result.reason}"
             elif isinstance(result, Receipt):
                 reply = f"{result.code} {result.reply}".strip()
                 mid = result.message_id or wire.message_id
+                self.attempts["sent", smtp_class(result.code)] += 1
+                self.latencies.append((self.d.clock() - self.lease.created_at).total_seconds())
+                log.info(
+                    "Notification: sent changeset_id=%d recipient=%s reply=%r",
+                    self.cs,
+                    recipient.address,
+                    reply,
+                )
                 self.outcomes.append(Outcome(recipient.address, DeliveryStatus.SENT, reply, mid))
             else:
                 self.outcomes.append(self._failed(recipient, result, self.d.clock()))
@@ -423,8 +449,10 @@ class _Run:
 
     def _failed(self, recipient: Recipient, exc: BaseException, now: datetime) -> Outcome:
         reply = reply_text(exc)
+        code = exc.code if isinstance(exc, MailError) else None
         if isinstance(exc, PermanentMailError):
             self._log_failure(recipient, reply, "permanent failure")
+            self.attempts["failed", smtp_class(code)] += 1
             return Outcome(recipient.address, DeliveryStatus.FAILED, reply=reply)
         if not isinstance(exc, MailError):  # a transport bug must not lose the recipient: retry like a 4xx
             log.error(
@@ -436,10 +464,12 @@ class _Run:
         if next_at is None:
             verdict = f"gave up after {format_age((now - first).total_seconds())} of failures"
             self._log_failure(recipient, reply, verdict)
+            self.attempts["failed", smtp_class(code)] += 1
             return Outcome(
                 recipient.address, DeliveryStatus.FAILED, reply=f"{verdict}: {reply}", failed_at=now
             )
         self.last_error = f"{recipient.address}: {reply}"
+        self.attempts["retrying", smtp_class(code)] += 1
         self._log_failure(recipient, reply, f"will retry in {format_age((next_at - now).total_seconds())}")
         return Outcome(
             recipient.address, DeliveryStatus.RETRYING, reply=reply, next_attempt_at=next_at, failed_at=now
@@ -489,6 +519,8 @@ class _Run:
             delay=delay,
             duration_ms=duration_ms,
             reason=self.last_error or "",
+            attempts=dict(self.attempts),
+            latencies=tuple(self.latencies),
         )
         log.info(
             "Notification: End notification changeset_id=%d artifact_id=%d recipients=%d sent=%d failed=%d "

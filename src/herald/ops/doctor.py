@@ -41,6 +41,9 @@ def diagnose(settings: Settings) -> DoctorReport:
 
 def _directories(settings: Settings, report: DoctorReport) -> None:
     for name, path in (("data_dir", settings.data_dir), ("log_dir", settings.log_dir)):
+        if name == "log_dir" and settings.log_to_stderr:
+            report.ok.append('log_dir = "-": logs go to stderr')
+            continue
         probe = Path(path)
         while not probe.exists() and probe != probe.parent:
             probe = probe.parent
@@ -67,7 +70,7 @@ def _file_modes(settings: Settings, report: DoctorReport) -> None:
     """Warn about anything in data_dir or log_dir that others than its owner may read."""
     exposed: list[str] = []
     for root in {Path(settings.data_dir), Path(settings.log_dir)}:
-        if not root.is_dir():
+        if str(root) == "-" or not root.is_dir():
             continue
         paths = [root]
         paths += [root / name for name in _PRIVATE_FILES]

@@ -15,7 +15,7 @@ from herald.config import Settings
 from herald.tracker.db import Database
 from herald.tracker.models import WorkerHeartbeat, utcnow
 
-__all__ = ["alive", "live_worker_count"]
+__all__ = ["alive", "heartbeats", "live_worker_count"]
 
 
 def alive(db: Database, *, kind: str | None = None, now: datetime | None = None) -> list[WorkerHeartbeat]:
@@ -26,6 +26,13 @@ def alive(db: Database, *, kind: str | None = None, now: datetime | None = None)
         if kind is not None:
             query = query.where(WorkerHeartbeat.kind == kind)
         return list(session.scalars(query))
+
+
+def heartbeats(db: Database) -> list[WorkerHeartbeat]:
+    """Every heartbeat row, live or expired (an expired row not deleted is a process that did not exit
+    cleanly: dead, frozen or hung)."""
+    with db.read() as session:
+        return list(session.scalars(select(WorkerHeartbeat).order_by(WorkerHeartbeat.name)))
 
 
 def live_worker_count(settings: Settings, db: Database) -> int:

@@ -5,10 +5,11 @@ Imports ``tracker`` and ``config``.
 - :mod:`~herald.outbox.records`: the row recorded with the change, queued/dead marks, the relay's view;
 - :mod:`~herald.outbox.lock`: acquire, guard, renew, finish, release a dead process's locks;
 - :mod:`~herald.outbox.ledger`: sync the ledger with a plan, record outcomes, tally;
-- :mod:`~herald.outbox.backlog`: what ``ops`` and ``web`` read.
+- :mod:`~herald.outbox.backlog`: what ``ops`` and ``web`` read;
+- :mod:`~herald.outbox.stats`: the delivery totals behind ``/metrics``, summed over every process.
 """
 
-from herald.outbox import ledger, lock, records
+from herald.outbox import ledger, lock, records, stats
 from herald.outbox.backlog import (
     UNFINISHED,
     Backlog,
@@ -19,12 +20,13 @@ from herald.outbox.backlog import (
     recent_notifications,
     sent_per_minute,
 )
-from herald.outbox.tables import Delivery, DeliveryStatus, Notification, NotificationState
+from herald.outbox.tables import Delivery, DeliveryCounter, DeliveryStatus, Notification, NotificationState
 
 __all__ = [
     "UNFINISHED",
     "Backlog",
     "Delivery",
+    "DeliveryCounter",
     "DeliveryStatus",
     "MinuteFigures",
     "Notification",
@@ -37,4 +39,5 @@ __all__ = [
     "recent_notifications",
     "records",
     "sent_per_minute",
+    "stats",
 ]

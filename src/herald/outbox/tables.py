@@ -20,13 +20,13 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from herald.config import DispatchMode
 from herald.tracker.models import Base, UTCDateTime, enum_column, utcnow
 
-__all__ = ["Delivery", "DeliveryStatus", "Notification", "NotificationState"]
+__all__ = ["Delivery", "DeliveryCounter", "DeliveryStatus", "Notification", "NotificationState"]
 
 
 class NotificationState(enum.StrEnum):
@@ -102,3 +102,15 @@ class Delivery(Base):
     # the relay itself (which never reaches a recipient) burns nobody's clock.
     first_failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class DeliveryCounter(Base):
+    """One series of the delivery statistics (:mod:`herald.outbox.stats`): a total that only grows, summed
+    over every process on every host that delivers. ``labels`` is the series' labels, ``k=v`` joined by
+    commas in key order (empty for none)."""
+
+    __tablename__ = "delivery_counters"
+
+    metric: Mapped[str] = mapped_column(String(64), primary_key=True)
+    labels: Mapped[str] = mapped_column(String(128), primary_key=True, default="")
+    value: Mapped[float] = mapped_column(Float, default=0.0)

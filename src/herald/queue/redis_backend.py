@@ -252,7 +252,11 @@ class RedisQueue(Queue):
             )
         )
         if not done:
-            log.warning("ack of job %s ignored: its lease was lost to another worker", job.id)
+            log.warning(
+                "ack of job_id=%s changeset_id=%d ignored: its lease was lost to another worker",
+                job.id,
+                job.changeset_id,
+            )
 
     def retry(self, job: Job, delay: float, reason: str) -> None:
         receipt = check_claimed(job)
@@ -265,12 +269,20 @@ class RedisQueue(Queue):
             )
         )
         if not done:
-            log.warning("retry of job %s ignored: its lease was lost to another worker", job.id)
+            log.warning(
+                "retry of job_id=%s changeset_id=%d ignored: its lease was lost to another worker",
+                job.id,
+                job.changeset_id,
+            )
 
     def dead(self, job: Job, reason: str) -> None:
         receipt = check_claimed(job)
         if not self._bury(receipt, job.id, job.changeset_id, reason, job.attempts, job.to_json()):
-            log.warning("dead-lettering of job %s ignored: its lease was lost to another worker", job.id)
+            log.warning(
+                "dead-lettering of job_id=%s changeset_id=%d ignored: its lease was lost to another worker",
+                job.id,
+                job.changeset_id,
+            )
 
     def extend_batch(self, jobs: Sequence[Job]) -> list[Job]:
         receipts = [check_claimed(job) for job in jobs]

@@ -375,7 +375,11 @@ class SqlQueue(Queue):
         with self._tx() as conn:
             done = conn.execute(delete(t).where(self._fence(job))).rowcount
         if not done:
-            log.warning("ack of job %s ignored: its lease was lost to another worker", job.id)
+            log.warning(
+                "ack of job_id=%s changeset_id=%d ignored: its lease was lost to another worker",
+                job.id,
+                job.changeset_id,
+            )
 
     def retry(self, job: Job, delay: float, reason: str) -> None:
         delay = retry_delay(delay)
@@ -397,7 +401,11 @@ class SqlQueue(Queue):
         if done:
             self._waker.bump()
         else:
-            log.warning("retry of job %s ignored: its lease was lost to another worker", job.id)
+            log.warning(
+                "retry of job_id=%s changeset_id=%d ignored: its lease was lost to another worker",
+                job.id,
+                job.changeset_id,
+            )
 
     def dead(self, job: Job, reason: str) -> None:
         with self._tx() as conn:
@@ -413,7 +421,11 @@ class SqlQueue(Queue):
                 )
             ).rowcount
         if not done:
-            log.warning("dead-lettering of job %s ignored: its lease was lost to another worker", job.id)
+            log.warning(
+                "dead-lettering of job_id=%s changeset_id=%d ignored: its lease was lost to another worker",
+                job.id,
+                job.changeset_id,
+            )
 
     def extend_batch(self, jobs: Sequence[Job]) -> list[Job]:
         receipts = [self._receipt(job) for job in jobs]

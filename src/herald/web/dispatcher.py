@@ -32,11 +32,11 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 from herald.config import DispatchMode, Settings
-from herald.delivery import Deliverer, Verdict
+from herald.delivery import Deliverer, Verdict, count_sends
 from herald.delivery.run import Relay
 from herald.mail import make_pool
 from herald.notify.dispatch import DispatchPolicy
-from herald.outbox import records
+from herald.outbox import records, stats
 from herald.outbox.records import requeue_after
 from herald.queue import Job, Queue, QueueError, make_queue
 from herald.tracker.db import Database
@@ -191,6 +191,8 @@ class FrontEndDispatcher:
         self._owns_relay = relay is None
         self._deliverer: Deliverer | None = None
         self._senders: ThreadPoolExecutor | None = None
+        #: Inline sends count into the same totals as the workers' (written once a second).
+        self._stats: stats.StatsWriter | None = None
         self._lazy = threading.Lock()
 
     def _inline_deliverer(self) -> Deliverer:
@@ -207,6 +209,8 @@ class FrontEndDispatcher:
                 self._deliverer = Deliverer(
                     self.db, self.settings, self._relay, senders=self._senders, lease_seconds=lease
                 )
+                self._stats = stats.StatsWriter(self.db)
+                self._stats.start()
             return self._deliverer
 
     def mode_for(self, project_id: int) -> DispatchMode:
@@ -242,6 +246,7 @@ class FrontEndDispatcher:
             return
         if self._breaker.succeeded():
             log.info("queue reachable again")
+        log.info("Notification: changeset_id=%d queued job_id=%s", changeset_id, job.id)
         self._marks.add(changeset_id, job.id, datetime.fromtimestamp(job.enqueued_at, UTC))
 
     def _inline(self, changeset_id: int) -> None:
@@ -252,6 +257,8 @@ class FrontEndDispatcher:
             mode=DispatchMode.INLINE,
             max_recipients=limit,
         )
+        if self._stats is not None:
+            count_sends(self._stats.counts, outcome)
         if outcome.verdict is Verdict.TOO_MANY:
             # Thousands of mails must not hold a request for seconds (nor grow the web process).
             log.info(
@@ -267,6 +274,8 @@ class FrontEndDispatcher:
 
     def close(self) -> None:
         self._marks.close()
+        if self._stats is not None:
+            self._stats.stop()
         if self._senders is not None:
             self._senders.shutdown(wait=False, cancel_futures=True)
         if self._relay is not None and self._owns_relay:

@@ -14,7 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from herald.delivery import DeliveryOutcome
+from herald.delivery import DeliveryOutcome, Verdict, count_sends
+from herald.outbox import stats
 from herald.queue import Job
 from herald.tracker.db import Database
 from herald.worker.heartbeat import Heartbeat
@@ -22,7 +23,7 @@ from herald.worker.heartbeat import Heartbeat
 if TYPE_CHECKING:
     from herald.worker.loop import Worker
 
-__all__ = ["HeartbeatHook", "Hook", "Hooks", "JobResult", "LogHook"]
+__all__ = ["HeartbeatHook", "Hook", "Hooks", "JobResult", "LogHook", "MetricsHook"]
 
 log = logging.getLogger("herald.worker")
 
@@ -202,3 +203,39 @@ class HeartbeatHook(Hook):
     def worker_stopping(self, worker: Worker) -> None:
         if self._beat is not None:
             self._beat.stop()
+
+
+class MetricsHook(Hook):
+    """Counts every job and every send of this process (:mod:`herald.outbox.stats`): a few dictionary
+    updates under a lock on the job's path; a background thread adds them to the database totals once a
+    second, and once more when the worker stops."""
+
+    def __init__(self, db: Database, *, interval: float = stats.FLUSH_SECONDS) -> None:
+        self.writer = stats.StatsWriter(db, interval=interval)
+        self.counts = self.writer.counts
+
+    def worker_started(self, worker: Worker) -> None:
+        self.writer.start()
+
+    def job_settled(self, worker: Worker, result: JobResult) -> None:
+        self.counts.inc(stats.JOBS, {"outcome": job_outcome(result)})
+        self.counts.observe(stats.JOB_DURATION, [result.duration_ms / 1000])
+        if result.outcome is not None:
+            count_sends(self.counts, result.outcome)
+
+    def worker_stopping(self, worker: Worker) -> None:
+        self.writer.stop()
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+
+def job_outcome(result: JobResult) -> str:
+    """The ``outcome`` label of :data:`herald.outbox.stats.JOBS` for a settled job."""
+    if result.action == "ack":
+        return "done"
+    if result.action == "dead":
+        return "dead"
+    if result.outcome is not None and result.outcome.verdict is Verdict.BUSY:
+        return "busy"
+    return "retry"

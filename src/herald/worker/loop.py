@@ -43,7 +43,7 @@ from herald.queue import Job, Queue, QueueError, make_queue
 from herald.tracker.db import Database
 from herald.tracker.models import utcnow
 from herald.worker.heartbeat import process_name
-from herald.worker.hooks import HeartbeatHook, Hook, Hooks, JobResult, LogHook
+from herald.worker.hooks import HeartbeatHook, Hook, Hooks, JobResult, LogHook, MetricsHook
 from herald.worker.supervisor import workers_wanted
 
 __all__ = ["CLAIM_TIMEOUT_SECONDS", "LeaseKeeper", "Worker", "connection_share"]
@@ -106,7 +106,11 @@ class LeaseKeeper:
                         if job.id not in self._jobs:  # settled meanwhile: its lease ended with it
                             continue
                         self.lost.add(job.id)
-                    log.warning("lease of job %s lost to another worker; stopping it", job.id)
+                    log.warning(
+                        "lease of job_id=%s changeset_id=%d lost to another worker; stopping it",
+                        job.id,
+                        job.changeset_id,
+                    )
             except QueueError as exc:  # unreachable for now: the outbox locks below still hold the changesets
                 log.warning("could not extend the leases of %d job(s): %s", len(jobs), exc)
         held = self.leases.snapshot()
@@ -169,7 +173,9 @@ class Worker:
             recorder=self.recorder,
         )
         self.policy = RetryPolicy.from_settings(settings)
-        self.hooks = Hooks(hooks if hooks is not None else [LogHook(), HeartbeatHook(self.db)])
+        self.hooks = Hooks(
+            hooks if hooks is not None else [LogHook(), HeartbeatHook(self.db), MetricsHook(self.db)]
+        )
         self.jobs_done = 0
         self._slots = threading.Semaphore(self.concurrency)
         self._in_hand: dict[str, Job] = {}
@@ -307,7 +313,7 @@ class Worker:
             )
         except Exception as exc:  # the database failed before the lock was taken: nothing changed
             reason = f"{type(exc).__name__}: {exc}"[:500]
-            log.exception("%s: job %s failed", self.name, job.id)
+            log.exception("%s: job_id=%s changeset_id=%d failed", self.name, job.id, job.changeset_id)
         result = self._settle(job, outcome, reason, started)
         with self._hand_lock:
             self.jobs_done += 1
@@ -331,7 +337,14 @@ class Worker:
             else:
                 self.queue.retry(job, delay, reason)
         except Exception as exc:  # its lease runs out and another claim settles it: nothing is lost
-            log.warning("%s: could not %s job %s: %s", self.name, action, job.id, exc)
+            log.warning(
+                "%s: could not %s job_id=%s changeset_id=%d: %s",
+                self.name,
+                action,
+                job.id,
+                job.changeset_id,
+                exc,
+            )
         duration_ms = (time.perf_counter() - started) * 1000
         return JobResult(job, action, outcome, delay, reason, duration_ms)
 

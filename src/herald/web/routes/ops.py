@@ -27,7 +27,7 @@ COOKIE = "herald_admin"
     responses={200: {"description": "Prometheus text format", "content": {"text/plain": {}}}},
 )
 def metrics(runtime: RuntimeDep) -> Response:
-    collector = HeraldCollector(runtime.settings, runtime.db, runtime.queue, runtime.live_workers)
+    collector = HeraldCollector(runtime.settings, runtime.db, runtime.queue)
     return Response(render_metrics(collector), media_type=CONTENT_TYPE_LATEST)
 
 
