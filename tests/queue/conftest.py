@@ -26,6 +26,7 @@ from herald.queue import Queue, make_queue
 from herald.queue.keys import JOB_FIELD, RedisKeys
 from herald.queue.sql_backend import SqlQueue
 from herald.queue.sql_schema import READY, queue_table
+from tests.support.redis_ha import ClusterSet, SentinelSet
 from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_until as _wait_until
 
@@ -97,6 +98,40 @@ def _redis_backend(server: RedisServer, namespace: str, shards: int) -> Backend:
     return backend
 
 
+def _sentinel_backend(deployment: SentinelSet) -> Backend:
+    env = deployment.env()
+    settings = Settings(
+        queue_backend="redis",
+        redis_sentinels=env["HERALD_REDIS_SENTINELS"],
+        redis_sentinel_master=deployment.master_name,
+        redis_sentinel_password=deployment.sentinel_password,
+        redis_password=deployment.password,
+        redis_namespace=f"t-{uuid.uuid4().hex[:12]}",
+    )
+    client = deployment.client(deployment.master())
+    backend = redis_backend("sentinel", settings, [client], client)
+    backend.cleanups.append(client.close)
+    return backend
+
+
+def _cluster_backend(deployment: ClusterSet) -> Backend:
+    settings = Settings(
+        queue_backend="redis",
+        redis_url=deployment.url(),
+        redis_cluster=True,
+        redis_namespace=f"t-{uuid.uuid4().hex[:12]}",
+    )
+    masters = [
+        deployment.client(node)
+        for node in deployment.nodes
+        if any(i["port"] == node.port and i["master"] for i in deployment.topology().values())
+    ]
+    data = deployment.cluster_client()
+    backend = redis_backend("cluster", settings, masters, data)  # type: ignore[arg-type]
+    backend.cleanups.extend([data.close, *(c.close for c in masters)])
+    return backend
+
+
 def _sql_backend(name: str, url: str) -> Backend:
     settings = Settings(queue_backend="sql", database_url=url)
     schema_queue = SqlQueue(settings)
@@ -138,13 +173,19 @@ def _sql_backend(name: str, url: str) -> Backend:
     params=[
         pytest.param("redis", marks=pytest.mark.redis),
         pytest.param("redis-1", marks=pytest.mark.redis),
+        pytest.param("sentinel", marks=[pytest.mark.redis, pytest.mark.redis_ha]),
+        pytest.param("cluster", marks=[pytest.mark.redis, pytest.mark.redis_ha]),
         pytest.param("sqlite"),
         pytest.param("postgresql", marks=pytest.mark.postgres),
     ]
 )
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """Each contract test runs once per backend, on a store of its own."""
-    if request.param.startswith("redis"):
+    if request.param == "sentinel":
+        made = _sentinel_backend(request.getfixturevalue("shared_sentinel_set"))
+    elif request.param == "cluster":
+        made = _cluster_backend(request.getfixturevalue("shared_cluster_set"))
+    elif request.param.startswith("redis"):
         server = request.getfixturevalue("redis_server")
         shards = 1 if request.param == "redis-1" else 4
         made = _redis_backend(server, request.getfixturevalue("redis_namespace"), shards)

@@ -55,7 +55,7 @@ from herald.queue.base import (
     raw_text,
     retry_delay,
 )
-from herald.queue.errors import MalformedJob, QueueUnavailable
+from herald.queue.errors import MalformedJob, QueueError
 from herald.queue.keys import GROUP, JOB_FIELD, RECLAIMER, RedisKeys, ShardKeys
 from herald.queue.redis_client import RedisClient, connect, is_cluster, translate_errors
 from herald.queue.redis_scripts import Scripts
@@ -166,7 +166,14 @@ class RedisQueue(Queue):
     def claim_batch(self, consumer: str, max_jobs: int, timeout: float) -> list[Job]:
         check_worker(consumer)
         check_batch(max_jobs)
-        deadline = time.monotonic() + max(0.0, timeout)
+        try:
+            return self._claim(consumer, max_jobs, time.monotonic() + max(0.0, timeout))
+        except QueueError:
+            if self._closed:  # close() dropped the connections under our blocking read
+                return []
+            raise
+
+    def _claim(self, consumer: str, max_jobs: int, deadline: float) -> list[Job]:
         mark: str | None = None
         while not self._closed:
             next_due = self._housekeeping_if_due()
@@ -182,12 +189,7 @@ class RedisQueue(Queue):
             if remaining <= 0:
                 return []
             wait = min(remaining, self._block_cap, max(0.0, next_due - time.monotonic()))
-            try:
-                mark = self._run(lambda m=mark, w=wait: self._wait_bell(m, max(1, int(w * 1000))))
-            except QueueUnavailable:
-                if self._closed:  # close() dropped the connection under our blocking read
-                    return []
-                raise
+            mark = self._run(lambda m=mark, w=wait: self._wait_bell(m, max(1, int(w * 1000))))
         return []
 
     def _housekeeping_if_due(self) -> float:
