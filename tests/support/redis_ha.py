@@ -13,18 +13,23 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import redis
 
 from tests.support.services import free_port, service_missing
 
+T = TypeVar("T")
+
 STARTUP_SECONDS = 30.0
-#: How long a master may be silent before its sentinels or cluster peers call it down.
+#: How long a master may be silent before its sentinels call it down.
 DOWN_AFTER_MS = 1000
+#: The same for cluster peers: longer, so that a loaded 2-core CI machine does not see false failures.
+CLUSTER_NODE_TIMEOUT_MS = 3000
 
 
 def _binary(name: str) -> str:
@@ -51,6 +56,18 @@ def _wait(check: object, what: str, timeout: float = STARTUP_SECONDS) -> None:
         time.sleep(0.05)
 
 
+def _patiently(call: Callable[[], T], timeout: float = 30.0) -> T:
+    """``call()``, again while the cluster says it is down (a node seen as failing for a moment)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call()
+        except (redis.exceptions.ClusterDownError, redis.exceptions.TryAgainError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 @dataclass
 class Node:
     """One redis-server (or redis-sentinel) process."""
@@ -58,6 +75,12 @@ class Node:
     name: str
     port: int
     process: subprocess.Popen[bytes] | None = None
+    argv: list[str] = field(default_factory=list)
+    directory: Path | None = None
+
+    def start(self) -> None:
+        assert self.directory is not None
+        self.process = _spawn(self.argv, self.directory, self.name)
 
     @property
     def address(self) -> str:
@@ -135,7 +158,8 @@ class SentinelSet:
             data = self.directory / node.name
             data.mkdir()
             extra = ["--replicaof", "127.0.0.1", str(master_port)] if i else []
-            node.process = _spawn(_server_argv(server, port, self.password, data, *extra), data, node.name)
+            node.argv, node.directory = _server_argv(server, port, self.password, data, *extra), data
+            node.start()
             self.servers.append(node)
         _wait(lambda: self._role(self.servers[1]) == ("slave", "up"), "the replica to sync")
         for i in range(3):
@@ -154,7 +178,8 @@ class SentinelSet:
                 f"sentinel failover-timeout {self.master_name} 5000\n"
                 f"sentinel parallel-syncs {self.master_name} 1\n"
             )
-            node.process = _spawn([sentinel, str(conf)], data, node.name)
+            node.argv, node.directory = [sentinel, str(conf)], data
+            node.start()
             self.sentinels.append(node)
         _wait(self._sentinels_ready, "the sentinels to see each other and the replica")
 
@@ -201,6 +226,11 @@ class SentinelSet:
         _wait(promoted, "the sentinels to promote the replica", timeout)
         return self.master()
 
+    def restart(self, node: Node) -> None:
+        """Start a killed server again; the sentinels turn it into a replica of the new master."""
+        node.start()
+        _wait(lambda: self._role(node) == ("slave", "up"), f"{node.name} to rejoin as a replica")
+
     def stop(self) -> None:
         for node in [*self.sentinels, *self.servers]:
             node.stop()
@@ -232,11 +262,12 @@ class ClusterSet:
                 server, node.port, self.password, data,
                 "--cluster-enabled", "yes",
                 "--cluster-config-file", str(data / "nodes.conf"),
-                "--cluster-node-timeout", str(DOWN_AFTER_MS),
+                "--cluster-node-timeout", str(CLUSTER_NODE_TIMEOUT_MS),
                 # Its own free port for the cluster bus (the default, port + 10000, may be taken or > 65535).
                 "--cluster-port", str(free_port()),
             )  # fmt: skip
-            node.process = _spawn(argv, data, node.name)
+            node.argv, node.directory = argv, data
+            node.start()
             self.nodes.append(node)
         for node in self.nodes:
             _wait(lambda node=node: self.client(node).ping(), f"{node.name} to answer")
@@ -265,9 +296,13 @@ class ClusterSet:
                 "port": int(str(address).split(":")[1].split("@")[0]),
                 "master": "master" in flags,
                 "failed": "fail" in flags or "fail?" in flags,
-                "slots": [(int(low), int(high)) for low, high in info.get("slots", [])],
+                # [low, high], or [slot] for a lone slot (after a migration)
+                "slots": [(int(r[0]), int(r[-1])) for r in info.get("slots", []) if str(r[0]).isdigit()],
             }
         return out
+
+    def is_master(self, port: int) -> bool:
+        return any(i["port"] == port and i["master"] and not i["failed"] for i in self.topology().values())
 
     def owner(self, slot: int) -> tuple[str, Node]:
         """The master serving ``slot``: its node id and process."""
@@ -305,9 +340,11 @@ class ClusterSet:
             dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", source_id)
             src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target_id)
             moved = 0
-            while keys := src.execute_command("CLUSTER GETKEYSINSLOT", slot, 10):
-                src.execute_command(
-                    "MIGRATE", "127.0.0.1", to_port, "", 0, 5000, "AUTH", self.password, "KEYS", *keys
+            while keys := _patiently(lambda: src.execute_command("CLUSTER GETKEYSINSLOT", slot, 10)):
+                _patiently(
+                    lambda keys=keys: src.execute_command(
+                        "MIGRATE", "127.0.0.1", to_port, "", 0, 5000, "AUTH", self.password, "KEYS", *keys
+                    )
                 )
                 moved += len(keys)
             # The target first, then the source, then every other master (the order redis-cli uses).
@@ -316,6 +353,8 @@ class ClusterSet:
             for info in self.topology().values():
                 if info["master"] and not info["failed"] and info["port"] not in (to_port, source.port):
                     other = next(n for n in self.nodes if n.port == info["port"])
+                    if not other.alive:  # a killed master not yet flagged by this node's view
+                        continue
                     with contextlib.closing(self.client(other)) as c:
                         c.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
         return moved
