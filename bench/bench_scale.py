@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import shutil
 import statistics
 import subprocess
@@ -210,8 +211,18 @@ def _worker(url: str, namespace: str, ready: multiprocessing.Event, go: multipro
             queue.ack(job)
         done += len(jobs)
         last = time.perf_counter()
-    out.put((done, started, last))
+    out.put((done, started, last, time.process_time()))
     queue.close()
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by these processes (from /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / ticks
 
 
 def cluster_workers(counts: list[int], jobs: int, workdir: Path) -> list[dict[str, float]]:
@@ -239,16 +250,33 @@ def cluster_workers(counts: list[int], jobs: int, workdir: Path) -> list[dict[st
                 p.start()
             for r in readies:
                 r.wait(60)
+            redis_cpu = _cpu_seconds([n.process.pid for n in cluster.nodes if n.process is not None])
+            load = os.getloadavg()[0]
             go.set()
             results = [out.get(timeout=600) for _ in procs]
+            redis_cpu = (
+                _cpu_seconds([n.process.pid for n in cluster.nodes if n.process is not None]) - redis_cpu
+            )
             for p in procs:
                 p.join(30)
             done = sum(r[0] for r in results)
             elapsed = max(r[2] for r in results) - min(r[1] for r in results)
-            rows.append({"workers": n_workers, "jobs": done, "rate": done / elapsed})
+            worker_cpu = sum(r[3] for r in results)
+            rows.append(
+                {
+                    "workers": n_workers,
+                    "jobs": done,
+                    "rate": done / elapsed,
+                    "worker_cpu": worker_cpu / elapsed,
+                    "redis_cpu": redis_cpu / elapsed,
+                    "load": load,
+                }
+            )
             print(
                 f"{n_workers} worker process(es): {done:,} jobs in {elapsed:.1f}s "
-                f"= {done / elapsed:,.0f} jobs/s",
+                f"= {done / elapsed:,.0f} jobs/s; "
+                f"CPU busy: workers {worker_cpu / elapsed:.2f}, redis {redis_cpu / elapsed:.2f} cores "
+                f"(load before {load:.1f})",
                 flush=True,
             )
             queue.close()
@@ -281,10 +309,13 @@ def main() -> None:
         if not args.skip_cluster:
             wrows = cluster_workers([int(w) for w in args.workers.split(",")], args.cluster_jobs, workdir)
             one = wrows[0]["rate"]
-            print("\n| worker processes | jobs/s | vs 1 |")
-            print("|---|---|---|")
+            print("\n| worker processes | jobs/s | vs 1 | cores busy: workers | cores busy: Redis |")
+            print("|---|---|---|---|---|")
             for r in wrows:
-                print(f"| {int(r['workers'])} | {r['rate']:,.0f} | {r['rate'] / one:.2f}x |")
+                print(
+                    f"| {int(r['workers'])} | {r['rate']:,.0f} | {r['rate'] / one:.2f}x | "
+                    f"{r['worker_cpu']:.2f} | {r['redis_cpu']:.2f} |"
+                )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -60,7 +60,10 @@ def test_sentinel_failover_under_load_loses_nothing(
         if round_ + 1 < ROUNDS:  # bring the old master back as a replica for the next round
             deployment.restart(old)
     tally = stack.wait_all_delivered(timeout=90)
-    report(tally.line(f"Sentinel, {ROUNDS} master kill(s) under load") + f" in_flight={in_flight}")
+    report(
+        tally.line(f"Sentinel, {ROUNDS} master kill(s) under load, {len(stack.changesets)} changes")
+        + f" in_flight={in_flight} relay_pushes={stack.log().count('relay pushed')}"
+    )
     assert tally.lost == 0
     assert tally.duplicated <= in_flight
 
