@@ -243,7 +243,12 @@ class RedisQueue(Queue):
         found: list[tuple[ShardKeys, str, dict[bytes, bytes]]] = []
         for i in range(len(self._shards)):
             k = self._shards[(start + i) % len(self._shards)]
-            reply = self._client.xreadgroup(GROUP, consumer, {k.stream: ">"}, count=count - len(found))
+            try:
+                reply = self._client.xreadgroup(GROUP, consumer, {k.stream: ">"}, count=count - len(found))
+            except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException):
+                if found:  # hand out what was read (it is ours now); this shard is tried on the next claim
+                    break
+                raise
             if reply:
                 found.extend((k, entry_id.decode(), fields or {}) for entry_id, fields in reply[0][1])
                 if len(found) >= count:
@@ -485,7 +490,13 @@ class RedisQueue(Queue):
         )
 
     def ping(self) -> None:
-        self._run(self._client.ping)
+        if self._pipelines:
+            self._run(self._client.ping)
+            return
+        # In Cluster, PING goes to one node of the client's choice (maybe a dead one it has not dropped
+        # yet); what matters is that every master holding a shard answers.
+        for k in self._shards:
+            self._run(lambda k=k: self._client.exists(k.stream))
 
     def close(self) -> None:
         self._closed = True  # a claim blocked in another thread returns None within a second
