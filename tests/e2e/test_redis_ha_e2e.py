@@ -90,7 +90,7 @@ def test_cluster_failover_and_slot_migration_under_load_lose_nothing(
     in_flight = in_flight_now(stack)
     cluster.kill(victim)
     stack.burst(creations=0, updates=PHASE)
-    cluster.wait_healthy()
+    cluster.wait_failover(victim)
     report(f"master :{victim.port} SIGKILLed, its replica promoted")
     stack.burst(creations=0, updates=PHASE)
 
@@ -114,9 +114,10 @@ def test_cluster_failover_and_slot_migration_under_load_lose_nothing(
     stack.burst(creations=0, updates=PHASE)
 
     tally = stack.wait_all_delivered(timeout=90)
+    changes = len(stack.changesets)
     report(
-        tally.line(f"Cluster, 1 master kill + {ROUNDS} slot migration(s) under load")
-        + f" in_flight={in_flight}"
+        tally.line(f"Cluster, 1 master kill + {ROUNDS} slot migration(s) under load, {changes} changes")
+        + f" in_flight={in_flight} relay_pushes={stack.log().count('relay pushed')}"
     )
     assert tally.lost == 0
     assert tally.duplicated <= in_flight

@@ -326,8 +326,18 @@ class ClusterSet:
     def kill(self, node: Node) -> None:
         node.stop(signal.SIGKILL)
 
-    def wait_healthy(self, timeout: float = 30.0) -> None:
-        _wait(self._healthy, "the cluster to heal", timeout)
+    def wait_failover(self, old: Node, timeout: float = 60.0) -> None:
+        """Wait until the peers have marked the killed master failed and live masters serve every slot."""
+
+        def taken_over() -> bool:
+            live = {n.port for n in self.nodes if n.alive}
+            masters = [i for i in self.topology().values() if i["master"] and not i["failed"]]
+            if any(i["port"] == old.port for i in masters) or not all(i["port"] in live for i in masters):
+                return False
+            covered = sum(high - low + 1 for i in masters for low, high in i["slots"])  # type: ignore[attr-defined]
+            return covered == 16384 and self._healthy()
+
+        _wait(taken_over, f"a replica to take over from {old.name}", timeout)
 
     def migrate_slot(self, slot: int, to_port: int) -> int:
         """Move ``slot`` (and its keys) to the master on ``to_port`` with CLUSTER SETSLOT and MIGRATE, as
