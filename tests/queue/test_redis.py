@@ -247,3 +247,41 @@ def test_a_consumer_that_acked_before_its_release_has_nothing_handed_back(queue:
     queue.ack(job)
     assert queue.release("w") == 0
     assert counts(queue) == (0, 0, 0, 0)
+
+
+def test_no_shard_starves_behind_a_busy_one(queue: RedisQueue) -> None:
+    keys = queue.keys
+    busy = next(n for n in range(1, 100) if keys.shard_for(n).index == 0)
+    quiet = next(n for n in range(1, 100) if keys.shard_for(n).index == 2)
+    for _ in range(50):
+        queue.enqueue(Job.new(busy))
+    lonely = Job.new(quiet)
+    queue.enqueue(lonely)
+    claimed = [queue.claim("w", timeout=1) for _ in range(len(keys.by_index))]
+    assert lonely.id in {job.id for job in claimed if job}  # each claim starts one shard further on
+
+
+def test_a_claim_that_finds_nothing_blocks_on_the_doorbell_and_wakes_on_a_push_to_any_shard(
+    redis_settings: Settings, client: redis.Redis
+) -> None:
+    # A long lease: the claimer's own look at the shards comes only every second, so a wake-up within
+    # half a second is the doorbell's.
+    queue = RedisQueue(dataclasses.replace(redis_settings, lease_seconds=30))
+    queue.ping()
+    for shard in range(4):
+        got: dict[str, object] = {}
+        thread = threading.Thread(target=lambda got=got: got.update(job=queue.claim("w", timeout=10)))
+        thread.start()
+        wait_until(lambda: blocked_readers(client), what="the claimer to block")
+        changeset = next(n for n in range(1, 100) if queue.keys.shard_for(n).index == shard)
+        job = Job.new(changeset)
+        producer = RedisQueue(redis_settings)
+        try:
+            started = time.monotonic()
+            producer.enqueue(job)
+        finally:
+            producer.close()
+        thread.join(timeout=5)
+        assert isinstance(got.get("job"), Job) and got["job"].id == job.id  # type: ignore[attr-defined]
+        assert time.monotonic() - started < 0.5  # woken by the push, not by the next look a second later
+    queue.close()
