@@ -473,8 +473,9 @@ class RedisQueue(Queue):
         except MalformedJob:
             return 0  # requeuing garbage would only kill it again
         fresh = Job(id=job.id, changeset_id=job.changeset_id, enqueued_at=time.time())
-        # Back into the shard it died in, where its id is known: the changeset's shard unless the
-        # number of shards changed since (then it still runs, and the relay's push finds it live).
+        # Back into the shard it died in, where its id is known (the changeset's shard, unless
+        # queue_shards changed since: then a relay push of the same job may add a second copy in the new
+        # shard, which the delivery run's lock and ledger make harmless).
         return int(
             self._run(
                 lambda: self._scripts.requeue(
