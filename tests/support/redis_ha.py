@@ -90,6 +90,15 @@ class Node:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def answers(self, password: str) -> bool:
+        """Whether the server answers PING; raises (with its log's end) if it has exited."""
+        if not self.alive:
+            assert self.directory is not None
+            log = (self.directory / f"{self.name}.log").read_text(errors="replace").splitlines()[-5:]
+            raise RuntimeError(f"{self.name} exited: " + " | ".join(log))
+        with contextlib.closing(redis.Redis(port=self.port, password=password, socket_timeout=1)) as client:
+            return bool(client.ping())
+
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process is None or self.process.poll() is not None:
             return
@@ -270,7 +279,7 @@ class ClusterSet:
             node.start()
             self.nodes.append(node)
         for node in self.nodes:
-            _wait(lambda node=node: self.client(node).ping(), f"{node.name} to answer")
+            _wait(lambda node=node: node.answers(self.password), f"{node.name} to answer")
         subprocess.run(
             [cli, "-a", self.password, "--no-auth-warning", "--cluster", "create",
              *(n.address for n in self.nodes), "--cluster-replicas", "1", "--cluster-yes"],
