@@ -12,6 +12,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 pytest_plugins = [
     "tests.support.postgres",
     "tests.support.redis_server",
+    "tests.support.redis_ha",
     "tests.support.smtp",
     "tests.support.tracker",
     "tests.support.beds",

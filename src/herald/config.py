@@ -188,6 +188,11 @@ class Settings:
     redis_tls: bool = False
     redis_ca_file: Path | None = None
     redis_namespace: str = "herald"
+    redis_sentinels: str | None = None
+    redis_sentinel_master: str | None = None
+    redis_sentinel_password: str | None = field(default=None, repr=False)
+    redis_cluster: bool = False
+    queue_shards: int = 4
     logger_level: str = "info"
     log_dir: Path = Path()
     stale_after_seconds: int = 120
@@ -215,7 +220,7 @@ class Settings:
 
     @property
     def redis_configured(self) -> bool:
-        return bool(self.redis_server or self.redis_url)
+        return bool(self.redis_server or self.redis_url or self.redis_sentinels)
 
     @property
     def log_to_stderr(self) -> bool:
@@ -259,7 +264,9 @@ class Settings:
         return out
 
 
-_SECRET_KEYS = frozenset({"admin_token", "secret_key", "smtp_password", "redis_password", "redis_url"})
+_SECRET_KEYS = frozenset(
+    {"admin_token", "secret_key", "smtp_password", "redis_password", "redis_url", "redis_sentinel_password"}
+)
 
 
 def _redact_url(url: str) -> str:
@@ -401,6 +408,20 @@ def _as_namespace(key: str, value: object) -> str:
     return text
 
 
+def _as_host_ports(key: str, value: object) -> str | None:
+    text = _as_opt_str(key, value)
+    if text is None:
+        return None
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    for part in parts:
+        host, _, port = part.rpartition(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ConfigError(f"{key} = {value!r} is not allowed: expected host:port,host:port")
+    if not parts:
+        return None
+    return ",".join(parts)
+
+
 def _as_async(key: str, value: object) -> AsyncEmails:
     return parse_async_emails(value)
 
@@ -431,6 +452,11 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "redis_tls": _as_bool,
     "redis_ca_file": _as_path,
     "redis_namespace": _as_namespace,
+    "redis_sentinels": lambda key, value: _as_host_ports(key, value),
+    "redis_sentinel_master": _as_opt_str,
+    "redis_sentinel_password": _as_opt_str,
+    "redis_cluster": _as_bool,
+    "queue_shards": _as_int(1, 64),
     "logger_level": _one_of(LOG_LEVELS),
     "log_dir": _as_path,
     "stale_after_seconds": _as_int(1, 7 * 24 * 3600),
@@ -538,10 +564,13 @@ def _complete(values: dict[str, Any]) -> Settings:
     security = values.get("smtp_security", "none")
     if not values.get("smtp_port"):
         values["smtp_port"] = {"none": 25, "starttls": 587, "tls": 465}[security]
-    redis_configured = bool(values.get("redis_server") or values.get("redis_url"))
+    redis_configured = bool(
+        values.get("redis_server") or values.get("redis_url") or values.get("redis_sentinels")
+    )
     backend = values.get("queue_backend") or ("redis" if redis_configured else "sql")
     if backend == "redis" and not redis_configured:
-        raise ConfigError("queue_backend = 'redis' needs redis_server or redis_url")
+        raise ConfigError("queue_backend = 'redis' needs redis_server, redis_url or redis_sentinels")
+    _check_redis_topology(values)
     values["queue_backend"] = backend
     if values.get("redis_user") and not values.get("redis_password"):
         raise ConfigError("redis_user is set without redis_password: an ACL user needs its password")
@@ -564,8 +593,30 @@ def _complete(values: dict[str, Any]) -> Settings:
     return Settings(**values)
 
 
+def _check_redis_topology(values: dict[str, Any]) -> None:
+    """Sentinel needs its master's name, and is not Cluster (Cluster fails over by itself)."""
+    if values.get("redis_sentinels") and not values.get("redis_sentinel_master"):
+        raise ConfigError(
+            "redis_sentinels is set without redis_sentinel_master (the name the sentinels watch)"
+        )
+    if values.get("redis_sentinel_master") and not values.get("redis_sentinels"):
+        raise ConfigError("redis_sentinel_master is set without redis_sentinels (host:port,host:port)")
+    if values.get("redis_sentinels") and values.get("redis_cluster"):
+        raise ConfigError(
+            "redis_sentinels and redis_cluster are both set: Cluster fails over without Sentinel"
+        )
+
+
 def _check_redis_password(values: dict[str, Any]) -> None:
     """A Redis reachable from the network must require a password; loopback may go without."""
+    if values.get("redis_sentinels"):
+        hosts = [part.rpartition(":")[0] for part in values["redis_sentinels"].split(",")]
+        if not values.get("redis_password") and not all(_is_loopback(h.strip("[]")) for h in hosts):
+            raise ConfigError(
+                "redis_sentinels are not on loopback: set redis_password (the masters' and replicas' "
+                "password); a Redis reachable from the network must require one"
+            )
+        return
     if values.get("redis_url"):
         parts = urlsplit(values["redis_url"])
         host, has_password = parts.hostname or "", bool(parts.password)

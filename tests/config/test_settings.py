@@ -116,6 +116,19 @@ def test_async_emails_never_guesses(text):
         ({"HERALD_REDIS_NAMESPACE": "a}b{c"}, "no braces"),
         ({"HERALD_NO_SUCH_KEY": "1"}, "unknown environment variable HERALD_NO_SUCH_KEY"),
         ({"HERALD_RETRY_BASE_SECONDS": "10", "HERALD_RETRY_MAX_SECONDS": "1"}, "retry_max_seconds"),
+        ({"HERALD_REDIS_SENTINELS": "127.0.0.1:26379"}, "without redis_sentinel_master"),
+        ({"HERALD_REDIS_SENTINEL_MASTER": "herald"}, "without redis_sentinels"),
+        ({"HERALD_REDIS_SENTINELS": "s1:26379", "HERALD_REDIS_SENTINEL_MASTER": "m"}, "not on loopback"),
+        ({"HERALD_REDIS_SENTINELS": "s1", "HERALD_REDIS_SENTINEL_MASTER": "m"}, "host:port,host:port"),
+        (
+            {
+                "HERALD_REDIS_SENTINELS": "127.0.0.1:1",
+                "HERALD_REDIS_SENTINEL_MASTER": "m",
+                "HERALD_REDIS_CLUSTER": "true",
+            },
+            "Cluster fails over without Sentinel",
+        ),
+        ({"HERALD_QUEUE_SHARDS": "0"}, "from 1 to 64"),
     ],
 )
 def test_bad_values_name_key_value_and_what_is_allowed(env, fragment):
@@ -155,6 +168,24 @@ def test_secrets_never_appear_in_repr_or_redacted_view():
             assert secret not in text
     assert s.database_url.startswith("postgresql+psycopg://")
     assert s.redis_connection_url() == "redis://:redis-secret-123@127.0.0.1:6379/0"
+
+
+def test_sentinel_and_cluster_settings():
+    s = load_settings(
+        env={
+            "HERALD_REDIS_SENTINELS": "10.0.0.1:26379, 10.0.0.2:26379",
+            "HERALD_REDIS_SENTINEL_MASTER": "herald",
+            "HERALD_REDIS_PASSWORD": "data-secret-1",
+            "HERALD_REDIS_SENTINEL_PASSWORD": "sentinel-secret-2",
+        }
+    )
+    assert s.queue_backend == "redis" and s.redis_sentinels == "10.0.0.1:26379,10.0.0.2:26379"
+    assert "sentinel-secret-2" not in repr(s) and "data-secret-1" not in repr(s)
+    assert s.queue_shards == 4
+    c = load_settings(
+        env={"HERALD_REDIS_SERVER": "127.0.0.1", "HERALD_REDIS_CLUSTER": "true", "HERALD_QUEUE_SHARDS": "6"}
+    )
+    assert c.redis_cluster and c.queue_shards == 6
 
 
 def test_settings_are_immutable():

@@ -132,7 +132,7 @@ def test_redis_losing_all_its_data_mid_run_loses_nothing(stack: Stack):
     stack.burst(creations=10, updates=30)
     wait_until(lambda: len(stack.smtp.messages) >= 30, "delivery to be under way")
     client = stack.redis.client()
-    keys = list(client.scan_iter(match=f"{{{stack.settings.redis_namespace}}}:*"))
+    keys = list(client.scan_iter(match=f"{{{stack.settings.redis_namespace}*"))
     client.delete(*keys)  # as a restart without persistence would: queued, in-flight and delayed jobs gone
     client.close()
     tally = stack.wait_all_delivered(timeout=45)
@@ -144,7 +144,7 @@ def test_redis_losing_every_queued_job_before_any_worker_ran_loses_nothing(stack
     stack.burst(creations=10, updates=10)  # queued, no worker yet
     wait_until(lambda: stack.states() == {NotificationState.QUEUED.value: 20}, "the pushes to be recorded")
     client = stack.redis.client()
-    keys = list(client.scan_iter(match=f"{{{stack.settings.redis_namespace}}}:*"))
+    keys = list(client.scan_iter(match=f"{{{stack.settings.redis_namespace}*"))
     client.delete(*keys)
     client.close()
     stack.start_workers()
@@ -180,7 +180,7 @@ def test_garbage_on_the_queue_is_dead_lettered_and_the_workers_live_on(stack: St
     stack.start_workers()
     pids = stack.wait_workers(2)
     client = stack.redis.client()
-    stream = RedisKeys(stack.settings.redis_namespace).stream
+    stream = RedisKeys(stack.settings.redis_namespace, stack.settings.queue_shards).shard(0).stream
     client.xadd(stream, {JOB_FIELD: b'{"v": 1, "id": "nope"}'})
     client.xadd(stream, {b"other": b"no job field"})
     client.close()

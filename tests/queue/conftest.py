@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from sqlalchemy import event, insert
 
 from herald.config import Settings
@@ -25,6 +26,7 @@ from herald.queue import Queue, make_queue
 from herald.queue.keys import JOB_FIELD, RedisKeys
 from herald.queue.sql_backend import SqlQueue
 from herald.queue.sql_schema import READY, queue_table
+from tests.support.redis_ha import ClusterSet, SentinelSet
 from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_until as _wait_until
 
@@ -42,6 +44,11 @@ class Backend:
     _watch_blocked: Callable[[Queue], Callable[[], bool]]
     cleanups: list[Callable[[], None]] = field(default_factory=list)
 
+    @property
+    def shards(self) -> int:
+        """How many shards the queue has (1 for SQL): ordering is first in, first out per shard."""
+        return self.settings.queue_shards if self.settings.queue_backend == "redis" else 1
+
     def make(self, **overrides: Any) -> Queue:
         """A new queue instance on the shared store; ``overrides`` replace settings (lease, attempts)."""
         settings = dataclasses.replace(self.settings, **overrides)
@@ -58,24 +65,70 @@ class Backend:
             cleanup()
 
 
-def _redis_backend(server: RedisServer, namespace: str) -> Backend:
-    settings = Settings(queue_backend="redis", redis_url=server.url, redis_namespace=namespace)
-    keys = RedisKeys(namespace)
-    client = server.client()
+def blocked_on_redis(clients: list[redis.Redis]) -> bool:
+    """Whether some client of these servers is blocked in a stream read (a claimer waiting for work)."""
+    return any(
+        c.get("cmd") in ("xread", "xreadgroup") and "b" in c.get("flags", "")
+        for client in clients
+        for c in client.client_list()
+    )
+
+
+def redis_backend(name: str, settings: Settings, clients: list[redis.Redis], data: redis.Redis) -> Backend:
+    """A backend on a Redis deployment: ``clients`` reach every master, ``data`` routes keys (it may be a
+    cluster client)."""
+    keys = RedisKeys(settings.redis_namespace, settings.queue_shards)
 
     def insert_raw(raw: bytes) -> None:
-        client.xadd(keys.stream, {JOB_FIELD: raw})
+        data.xadd(keys.shard(0).stream, {JOB_FIELD: raw})
 
     def watch_blocked(_queue: Queue) -> Callable[[], bool]:
-        def blocked() -> bool:
-            return any(
-                c.get("cmd") == "xreadgroup" and "b" in c.get("flags", "") for c in client.client_list()
-            )
+        return lambda: blocked_on_redis(clients)
 
-        return blocked
+    return Backend(name, settings, insert_raw, watch_blocked)
 
-    backend = Backend("redis", settings, insert_raw, watch_blocked)
+
+def _redis_backend(server: RedisServer, namespace: str, shards: int) -> Backend:
+    settings = Settings(
+        queue_backend="redis", redis_url=server.url, redis_namespace=namespace, queue_shards=shards
+    )
+    client = server.client()
+    backend = redis_backend(f"redis-{shards}", settings, [client], client)
     backend.cleanups.append(client.close)
+    return backend
+
+
+def _sentinel_backend(deployment: SentinelSet) -> Backend:
+    env = deployment.env()
+    settings = Settings(
+        queue_backend="redis",
+        redis_sentinels=env["HERALD_REDIS_SENTINELS"],
+        redis_sentinel_master=deployment.master_name,
+        redis_sentinel_password=deployment.sentinel_password,
+        redis_password=deployment.password,
+        redis_namespace=f"t-{uuid.uuid4().hex[:12]}",
+    )
+    client = deployment.client(deployment.master())
+    backend = redis_backend("sentinel", settings, [client], client)
+    backend.cleanups.append(client.close)
+    return backend
+
+
+def _cluster_backend(deployment: ClusterSet) -> Backend:
+    settings = Settings(
+        queue_backend="redis",
+        redis_url=deployment.url(),
+        redis_cluster=True,
+        redis_namespace=f"t-{uuid.uuid4().hex[:12]}",
+    )
+    masters = [
+        deployment.client(node)
+        for node in deployment.nodes
+        if any(i["port"] == node.port and i["master"] for i in deployment.topology().values())
+    ]
+    data = deployment.cluster_client()
+    backend = redis_backend("cluster", settings, masters, data)  # type: ignore[arg-type]
+    backend.cleanups.extend([data.close, *(c.close for c in masters)])
     return backend
 
 
@@ -119,15 +172,23 @@ def _sql_backend(name: str, url: str) -> Backend:
 @pytest.fixture(
     params=[
         pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("redis-1", marks=pytest.mark.redis),
+        pytest.param("sentinel", marks=[pytest.mark.redis, pytest.mark.redis_ha]),
+        pytest.param("cluster", marks=[pytest.mark.redis, pytest.mark.redis_ha]),
         pytest.param("sqlite"),
         pytest.param("postgresql", marks=pytest.mark.postgres),
     ]
 )
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """Each contract test runs once per backend, on a store of its own."""
-    if request.param == "redis":
+    if request.param == "sentinel":
+        made = _sentinel_backend(request.getfixturevalue("shared_sentinel_set"))
+    elif request.param == "cluster":
+        made = _cluster_backend(request.getfixturevalue("shared_cluster_set"))
+    elif request.param.startswith("redis"):
         server = request.getfixturevalue("redis_server")
-        made = _redis_backend(server, request.getfixturevalue("redis_namespace"))
+        shards = 1 if request.param == "redis-1" else 4
+        made = _redis_backend(server, request.getfixturevalue("redis_namespace"), shards)
     elif request.param == "sqlite":
         made = _sql_backend("sqlite", f"sqlite:///{tmp_path / 'queue.db'}")
     else:

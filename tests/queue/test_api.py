@@ -42,7 +42,7 @@ def test_make_queue_follows_queue_backend(tmp_path) -> None:  # type: ignore[no-
 def test_make_queue_refuses_what_it_cannot_build() -> None:
     with pytest.raises(QueueError, match="queue_backend"):
         make_queue(Settings(queue_backend="kafka"))
-    with pytest.raises(QueueError, match="redis_server or redis_url"):
+    with pytest.raises(QueueError, match="redis_server, redis_url or redis_sentinels"):
         make_queue(Settings(queue_backend="redis"))
 
 

@@ -82,6 +82,18 @@ def test_jobs_come_out_in_the_order_they_went_in(backend: Backend) -> None:
     for job in jobs:
         queue.enqueue(job)
     claimed = [queue.claim("w", timeout=1) for _ in jobs]
+    if backend.shards == 1:
+        assert [c.id for c in claimed if c] == [j.id for j in jobs]
+    else:  # first in, first out within each shard; the shards are read in turn
+        assert sorted(c.id for c in claimed if c) == sorted(j.id for j in jobs)
+
+
+def test_jobs_of_one_changeset_come_out_in_the_order_they_went_in(backend: Backend) -> None:
+    queue = backend.make()
+    jobs = [Job.new(5) for _ in range(6)]
+    for job in jobs:
+        queue.enqueue(job)
+    claimed = [queue.claim("w", timeout=1) for _ in jobs]
     assert [c.id for c in claimed if c] == [j.id for j in jobs]
 
 
@@ -285,14 +297,16 @@ def test_requeue_all_leaves_malformed_letters_and_purge_removes_them(backend: Ba
     jobs = [Job.new(n) for n in (1, 2, 3)]
     for job in jobs:
         queue.enqueue(job)
+    died: list[str] = []
     for _ in jobs:
         claimed = queue.claim("w", timeout=1)
         assert claimed is not None
         queue.dead(claimed, "no")
+        died.append(claimed.id)
     backend.insert_raw(b"garbage")
     assert queue.claim("w", timeout=0) is None
     assert counts(queue.stats()) == (0, 0, 0, 4)
-    assert [letter.job_id for letter in queue.dead_letters(limit=2)] == [jobs[0].id, jobs[1].id]
+    assert [letter.job_id for letter in queue.dead_letters(limit=2)] == died[:2]
     assert queue.dead_letters(limit=0) == []
 
     assert queue.requeue_dead() == 3
@@ -306,8 +320,8 @@ def test_stats_count_each_state(backend: Backend) -> None:
     queue = backend.make()
     old = Job(id=uuid.uuid4().hex, changeset_id=1, enqueued_at=time.time() - 100)
     queue.enqueue(old)
-    for n in (2, 3, 4, 5):
-        queue.enqueue(Job.new(n))
+    for _ in range(4):  # one changeset: one shard, so first in, first out
+        queue.enqueue(Job.new(1))
     in_flight = queue.claim("w", timeout=1)
     to_retry = queue.claim("w", timeout=1)
     to_kill = queue.claim("w", timeout=1)
@@ -457,7 +471,7 @@ def test_release_leaves_other_consumers_jobs_alone(backend: Backend) -> None:
 
 def test_claim_batch_takes_up_to_max_jobs_in_order(backend: Backend) -> None:
     queue = backend.make()
-    jobs = [Job.new(n) for n in range(1, 8)]
+    jobs = [Job.new(3) for _ in range(7)]  # one changeset: one shard, so first in, first out
     for job in jobs:
         queue.enqueue(job)
     first = queue.claim_batch("w", 5, timeout=1)
@@ -468,6 +482,23 @@ def test_claim_batch_takes_up_to_max_jobs_in_order(backend: Backend) -> None:
     assert [j.id for j in rest] == [j.id for j in jobs[5:]]
     assert queue.claim_batch("w", 5, timeout=0) == []
     assert counts(queue.stats()) == (0, 7, 0, 0)
+    for job in [*first, *rest]:
+        queue.ack(job)
+    assert counts(queue.stats()) == (0, 0, 0, 0)
+
+
+def test_claim_batch_fills_from_every_shard(backend: Backend) -> None:
+    queue = backend.make()
+    jobs = [Job.new(n) for n in range(1, 41)]
+    for job in jobs:
+        queue.enqueue(job)
+    first = queue.claim_batch("w", 30, timeout=1)
+    rest = queue.claim_batch("w", 30, timeout=1)
+    assert len(first) == 30 and len(rest) == 10
+    assert sorted(j.id for j in [*first, *rest]) == sorted(j.id for j in jobs)
+    assert len({j.receipt for j in [*first, *rest]}) == 40
+    assert queue.claim_batch("w", 5, timeout=0) == []
+    assert counts(queue.stats()) == (0, 40, 0, 0)
     for job in [*first, *rest]:
         queue.ack(job)
     assert counts(queue.stats()) == (0, 0, 0, 0)

@@ -45,11 +45,13 @@ def counts(queue: RedisQueue) -> tuple[int, int, int, int]:
 
 
 def blocked_readers(client: redis.Redis) -> int:
-    return sum(c.get("cmd") == "xreadgroup" and "b" in c.get("flags", "") for c in client.client_list())
+    return sum(
+        c.get("cmd") in ("xread", "xreadgroup") and "b" in c.get("flags", "") for c in client.client_list()
+    )
 
 
 def test_jobs_survive_a_restart_with_appendonly(queue: RedisQueue, redis_server: RedisServer) -> None:
-    jobs = [Job.new(n) for n in (1, 2, 3, 4)]
+    jobs = [Job.new(1) for _ in range(4)]  # one changeset: one shard, first in, first out
     for job in jobs:
         queue.enqueue(job)
     in_flight = queue.claim("w", timeout=1)
@@ -96,7 +98,7 @@ def test_a_claimer_blocked_while_the_stream_is_deleted_still_gets_the_next_job(
     thread = threading.Thread(target=lambda: got.update(job=queue.claim("w", timeout=10)))
     thread.start()
     wait_until(lambda: blocked_readers(client), what="the claimer to block")
-    client.delete(queue.keys.stream)
+    client.delete(*(shard.stream for shard in queue.keys.by_index))
     job = Job.new(3)
     producer = RedisQueue(redis_settings)
     try:
@@ -170,8 +172,24 @@ def test_every_key_carries_the_namespace_hash_tag(
 
     used = {key.decode() for key in client.scan_iter(match=f"*{redis_namespace}*")}
     assert used and used <= set(queue.keys.all())
-    assert all(key.startswith(f"{{{redis_namespace}}}:") for key in used)
-    assert len({key_slot(key.encode()) for key in queue.keys.all()}) == 1
+    assert all(key.startswith(f"{{{redis_namespace}") for key in used)
+    for shard in queue.keys.by_index:  # one slot per shard, so each script runs on one Cluster node
+        assert len({key_slot(key.encode()) for key in shard.all()}) == 1
+    slots = sorted(key_slot(shard.stream.encode()) for shard in queue.keys.by_index)
+    width = 16384 / len(slots)
+    assert [int(slot // width) for slot in slots] == list(range(len(slots)))  # spread over the slots
+
+
+def test_one_shard_keeps_the_keys_of_herald_0_2(redis_namespace: str) -> None:
+    keys = RedisKeys(redis_namespace, 1)
+    assert keys.shard(0).stream == f"{{{redis_namespace}}}:stream"
+
+
+def test_a_changeset_always_maps_to_the_same_shard() -> None:
+    keys = RedisKeys("herald", 4)
+    assert [keys.shard_for(n).index for n in range(1, 9)] == [keys.shard_for(n).index for n in range(1, 9)]
+    assert {keys.shard_for(n).index for n in range(1, 200)} == {0, 1, 2, 3}
+    assert keys.shard_for(42) == RedisKeys("herald", 4).shard_for(42)
 
 
 @pytest.mark.parametrize("namespace", ["", "a{b", "a}b"])
@@ -181,7 +199,7 @@ def test_a_namespace_that_would_break_the_hash_tag_is_refused(namespace: str) ->
 
 
 def test_an_entry_without_a_job_field_is_dead_lettered(queue: RedisQueue, client: redis.Redis) -> None:
-    client.xadd(queue.keys.stream, {b"something": b"else"})
+    client.xadd(queue.keys.shard(2).stream, {b"something": b"else"})
     assert queue.claim("w", timeout=0) is None
     [letter] = queue.dead_letters()
     assert f"no {JOB_FIELD.decode()!r} field" in letter.reason
@@ -203,16 +221,21 @@ def test_every_script_declares_the_keys_it_uses_in_its_header(name: str) -> None
 def test_release_hands_back_more_than_one_batch_and_deletes_the_consumer(
     queue: RedisQueue, client: redis.Redis
 ) -> None:
-    jobs = [Job.new(n) for n in range(1, 151)]
+    jobs = [Job.new(n) for n in range(1, 501)]  # more than one batch in some shard
     for job in jobs:
         queue.enqueue(job)
-    held = queue.claim_batch("dying", 150, timeout=1)
-    assert len(held) == 150
-    assert [c["name"] for c in client.xinfo_consumers(queue.keys.stream, "herald-workers")] == [b"dying"]
+    held = queue.claim_batch("dying", 500, timeout=1)
+    assert max(sum(1 for j in held if j.receipt.startswith(f"{n}/")) for n in range(4)) > 100
+    assert len(held) == 500
+    streams = [shard.stream for shard in queue.keys.by_index]
+    assert all(
+        [c["name"] for c in client.xinfo_consumers(stream, "herald-workers")] == [b"dying"]
+        for stream in streams
+    )
 
-    assert queue.release("dying") == 150
-    assert client.xinfo_consumers(queue.keys.stream, "herald-workers") == []
-    again = queue.claim_batch("next", 200, timeout=0)
+    assert queue.release("dying") == 500
+    assert all(client.xinfo_consumers(stream, "herald-workers") == [] for stream in streams)
+    again = queue.claim_batch("next", 1000, timeout=0)
     assert sorted(j.id for j in again) == sorted(j.id for j in jobs)
     assert {j.attempts for j in again} == {2}
 
@@ -224,3 +247,41 @@ def test_a_consumer_that_acked_before_its_release_has_nothing_handed_back(queue:
     queue.ack(job)
     assert queue.release("w") == 0
     assert counts(queue) == (0, 0, 0, 0)
+
+
+def test_no_shard_starves_behind_a_busy_one(queue: RedisQueue) -> None:
+    keys = queue.keys
+    busy = next(n for n in range(1, 100) if keys.shard_for(n).index == 0)
+    quiet = next(n for n in range(1, 100) if keys.shard_for(n).index == 2)
+    for _ in range(50):
+        queue.enqueue(Job.new(busy))
+    lonely = Job.new(quiet)
+    queue.enqueue(lonely)
+    claimed = [queue.claim("w", timeout=1) for _ in range(len(keys.by_index))]
+    assert lonely.id in {job.id for job in claimed if job}  # each claim starts one shard further on
+
+
+def test_a_claim_that_finds_nothing_blocks_on_the_doorbell_and_wakes_on_a_push_to_any_shard(
+    redis_settings: Settings, client: redis.Redis
+) -> None:
+    # A long lease: the claimer's own look at the shards comes only every second, so a wake-up within
+    # half a second is the doorbell's.
+    queue = RedisQueue(dataclasses.replace(redis_settings, lease_seconds=30))
+    queue.ping()
+    for shard in range(4):
+        got: dict[str, object] = {}
+        thread = threading.Thread(target=lambda got=got: got.update(job=queue.claim("w", timeout=10)))
+        thread.start()
+        wait_until(lambda: blocked_readers(client), what="the claimer to block")
+        changeset = next(n for n in range(1, 100) if queue.keys.shard_for(n).index == shard)
+        job = Job.new(changeset)
+        producer = RedisQueue(redis_settings)
+        try:
+            started = time.monotonic()
+            producer.enqueue(job)
+        finally:
+            producer.close()
+        thread.join(timeout=5)
+        assert isinstance(got.get("job"), Job) and got["job"].id == job.id  # type: ignore[attr-defined]
+        assert time.monotonic() - started < 0.5  # woken by the push, not by the next look a second later
+    queue.close()

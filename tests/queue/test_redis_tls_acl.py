@@ -38,11 +38,12 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRedis]:
     if tls is None:
         service_missing("cannot make a TLS certificate")
     server = TlsRedis(free_port(), secrets.token_hex(20), secrets.token_hex(20), tls)
-    # The ACL user may touch only herald's keys ({herald-acl}:*) and no dangerous command (CONFIG, KEYS...).
+    # The ACL user may touch only herald's keys ({herald-acl}:*, and the shards' {herald-acl:<n>:<salt>}:*)
+    # and no dangerous command (CONFIG, KEYS...).
     acl = directory / "users.acl"
     acl.write_text(
         f"user default on >{server.password} ~* &* +@all\n"
-        f"user herald on >{server.user_password} ~{{herald-acl}}:* &* +@all -@dangerous\n"
+        f"user herald on >{server.user_password} ~{{herald-acl}}:* ~{{herald-acl:* &* +@all -@dangerous\n"
     )
     proc = subprocess.Popen(
         [binary, "--port", "0", "--tls-port", str(server.port), "--bind", "127.0.0.1",

@@ -24,7 +24,7 @@ from sqlalchemy import Engine, text
 from herald.config import Settings
 from herald.queue import Job, Queue
 from herald.queue.base import EARLIEST_PLAUSIBLE_TIME
-from herald.queue.keys import JOB_FIELD, RedisKeys
+from herald.queue.keys import JOB_FIELD
 from herald.queue.redis_backend import RedisQueue
 from herald.queue.sql_backend import SqlQueue
 from tests.support.redis_server import RedisServer
@@ -255,17 +255,17 @@ def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
 def test_redis_garbage_is_dead_lettered_and_the_good_job_flows(
     redis_queue: RedisQueue, client: redis.Redis
 ) -> None:
-    k = redis_queue.keys
+    shards = redis_queue.keys.by_index  # garbage in every shard: each is read, judged and cleaned alike
     corrupt, huge_time = Job.new(1), Job.new(2)
     redis_queue.enqueue(corrupt)
-    client.hset(k.attempts, corrupt.id, b"not a number")  # HINCRBY would fail on every claim
+    client.hset(redis_queue.keys.shard_for(1).attempts, corrupt.id, b"not a number")  # HINCRBY would fail
     payload = json.loads(huge_time.to_json()) | {"enqueued_at": 1e300}
-    client.xadd(k.stream, {JOB_FIELD: json.dumps(payload).encode()})
-    client.xadd(k.stream, {b"\xff\xfe": b"\x80", b"other": b"x"})  # no job field, not UTF-8
-    client.xadd(k.stream, {JOB_FIELD: b"\xff\xfe not utf-8"})
+    client.xadd(shards[0].stream, {JOB_FIELD: json.dumps(payload).encode()})
+    client.xadd(shards[1].stream, {b"\xff\xfe": b"\x80", b"other": b"x"})  # no job field, not UTF-8
+    client.xadd(shards[2].stream, {JOB_FIELD: b"\xff\xfe not utf-8"})
     delayed_job = Job.new(3)
-    client.zadd(k.delayed, {b"\x00garbage": 0, delayed_job.to_json(): float("inf")})
-    client.zadd(k.live, {b"ancient": 0, b"future": 1e300})  # once reported as a job 57 years old
+    client.zadd(shards[3].delayed, {b"\x00garbage": 0, delayed_job.to_json(): float("inf")})
+    client.zadd(shards[1].live, {b"ancient": 0, b"future": 1e300})  # once reported as a job 57 years old
     good = Job.new(77)
     redis_queue.enqueue(good)
 
@@ -286,7 +286,7 @@ def test_redis_garbage_is_dead_lettered_and_the_good_job_flows(
 def test_redis_garbage_dead_letter_records_are_listed_not_raised_on(
     redis_queue: RedisQueue, client: redis.Redis
 ) -> None:
-    k = redis_queue.keys
+    k = redis_queue.keys.shard(3)
     client.hset(k.dead, b"x", b"\xffnot json")
     client.zadd(k.dead_index, {b"x": 1})
     [letter] = redis_queue.dead_letters()
@@ -325,19 +325,23 @@ def redis_garbage(draw: st.DrawFn) -> dict[str, Any]:
 @given(garbage=redis_garbage())
 def test_fuzz_redis_storage(redis_server: RedisServer, client: redis.Redis, garbage: dict[str, Any]) -> None:
     namespace = f"fuzz-{uuid.uuid4().hex}"
-    keys = RedisKeys(namespace)
-    queue = RedisQueue(Settings(queue_backend="redis", redis_url=redis_server.url, redis_namespace=namespace))
+    queue = RedisQueue(
+        Settings(queue_backend="redis", redis_url=redis_server.url, redis_namespace=namespace, queue_shards=2)
+    )
+    keys = queue.keys
     try:
         queue.ping()
-        for fields in garbage["entries"]:
-            client.xadd(keys.stream, fields)
+        for n, fields in enumerate(garbage["entries"]):
+            client.xadd(keys.shard(n % 2).stream, fields)
+        # The good job's shard gets the counters and sets: where a job id would meet them.
+        good = Job.new(99)
+        target = keys.shard_for(good.changeset_id)
         for name in ("attempts", "errors", "dead"):
             if garbage[name]:
-                client.hset(getattr(keys, name), mapping=garbage[name])
+                client.hset(getattr(target, name), mapping=garbage[name])
         for name in ("live", "delayed", "dead_index"):
             if garbage[name]:
-                client.zadd(getattr(keys, name), garbage[name])
-        good = Job.new(99)
+                client.zadd(getattr(target, name), garbage[name])
         queue.enqueue(good)
         assert good.id in {j.id for j in claim_everything(queue)}
         assert_sane(queue)

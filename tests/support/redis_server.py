@@ -126,7 +126,7 @@ def redis_namespace(redis_server: RedisServer) -> Iterator[str]:
     redis_server.start()  # a test may have left it stopped
     client = redis_server.client()
     try:
-        keys = list(client.scan_iter(match=f"{{{namespace}}}:*", count=1000))
+        keys = list(client.scan_iter(match=f"{{{namespace}*", count=1000))
         if keys:
             client.delete(*keys)
     finally:

@@ -42,7 +42,9 @@ def plant(env: dict[str, str], redis_server: RedisServer) -> tuple[str, str]:
         assert job is not None
         queue.dead(job, "gave up: 451 try later")
         client = redis_server.client()
-        client.xadd(RedisKeys(settings.redis_namespace).stream, {JOB_FIELD: b"[1, 2]"})
+        client.xadd(
+            RedisKeys(settings.redis_namespace, settings.queue_shards).shard(0).stream, {JOB_FIELD: b"[1, 2]"}
+        )
         client.close()
         assert queue.claim("test", 0) is None  # the garbage is dead-lettered while claiming
     return job.id, "malformed job"

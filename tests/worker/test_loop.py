@@ -135,7 +135,10 @@ def test_garbage_on_the_queue_is_dead_lettered_and_the_worker_carries_on(
 ):
     pool.start()
     client = redis_server.client()
-    client.xadd(RedisKeys(pool.bed.settings.redis_namespace).stream, {JOB_FIELD: b"\x80 not json"})
+    client.xadd(
+        RedisKeys(pool.bed.settings.redis_namespace, pool.bed.settings.queue_shards).shard(0).stream,
+        {JOB_FIELD: b"\x80 not json"},
+    )
     client.close()
     cs = pool.push()
     wait_until(lambda: pool.done(cs), "the next job to be done")

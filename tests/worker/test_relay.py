@@ -104,7 +104,7 @@ def test_a_queued_job_that_redis_forgot_is_pushed_again_with_its_id(
     dispatcher.close()
     job_id = notification(bed.db, cs).job_id
     client = redis_server.client()
-    client.delete(*client.keys(f"{{{settings.redis_namespace}}}:*"))  # a restart without persistence
+    client.delete(*client.keys(f"{{{settings.redis_namespace}*"))  # a restart without persistence
     client.close()
     assert drain(queue) == []
     assert Relay(bed.db, queue, settings, clock=at(requeue_after(settings) + 2)).run_once().pushed == 1

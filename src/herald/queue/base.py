@@ -244,7 +244,8 @@ class Queue(abc.ABC):
 
     @abc.abstractmethod
     def claim_batch(self, consumer: str, max_jobs: int, timeout: float) -> list[Job]:
-        """Take up to ``max_jobs`` ready jobs for ``consumer`` in one round trip (about), oldest first.
+        """Take up to ``max_jobs`` ready jobs for ``consumer`` in one round trip (about), oldest first
+        (within each shard, for a queue split into shards: the jobs of one changeset keep their order).
 
         Waits up to ``timeout`` seconds for at least one, and returns as soon as there is one: it does not
         wait to fill the batch. Returns an empty list when nothing came in time. Due retries and expired

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import redis
 
-from herald.queue.redis_client import translate_errors
+from herald.queue.redis_client import RedisClient, client_password, translate_errors
 
 __all__ = ["MIN_PASSWORD_LENGTH", "redis_health"]
 
 MIN_PASSWORD_LENGTH = 30
 
 
-def redis_health(client: redis.Redis) -> list[str]:
+def redis_health(client: RedisClient) -> list[str]:
     """Warnings about how ``client``'s Redis is set up for a job queue; empty when all is well.
 
     Looks at the password the client uses (its length only; it is never shown), and with ``CONFIG GET``
@@ -20,7 +20,7 @@ def redis_health(client: redis.Redis) -> list[str]:
     reached.
     """
     warnings: list[str] = []
-    password = client.connection_pool.connection_kwargs.get("password")
+    password = client_password(client)
     if not password:
         warnings.append(
             "Redis is used without a password: anyone who can reach its port can read and change the queue; "
