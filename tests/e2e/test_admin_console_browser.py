@@ -102,7 +102,8 @@ def test_console_in_a_browser(browser, served, tmp_path: Path) -> None:
     client = stack.redis.client()
     try:
         client.xadd(
-            RedisKeys(stack.settings.redis_namespace, stack.settings.queue_shards).shard(0).stream, {JOB_FIELD: b'{"v": 1, "id": "<script>"}'}
+            RedisKeys(stack.settings.redis_namespace, stack.settings.queue_shards).shard(0).stream,
+            {JOB_FIELD: b'{"v": 1, "id": "<script>"}'},
         )
     finally:
         client.close()
