@@ -12,7 +12,9 @@ import difflib
 import enum
 import ipaddress
 import os
+import re
 import secrets
+import socket
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -202,6 +204,8 @@ class Settings:
     inline_max_recipients: int = 200
     smtp_max_connections: int = 64
     smtp_rate_limit: RateLimit | None = None
+    # --- many hosts (issue 10) ---
+    node_name: str = ""
 
     @property
     def sqlite_path(self) -> Path:
@@ -390,6 +394,21 @@ def _as_namespace(key: str, value: object) -> str:
     return text
 
 
+_NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,47}")
+
+
+def _as_node_name(key: str, value: object) -> str:
+    """This host's name among the hosts of one deployment: it prefixes every heartbeat, queue consumer and
+    lock holder, so it must be unique per host (two containers may share a hostname)."""
+    text = _as_str(key, value).strip()
+    if not _NODE_NAME.fullmatch(text):
+        raise ConfigError(
+            f"{key} = {text!r}: use 1 to 48 letters, digits, '.', '_' or '-' (no ':'), starting with a "
+            "letter or digit"
+        )
+    return text
+
+
 def _as_async(key: str, value: object) -> AsyncEmails:
     return parse_async_emails(value)
 
@@ -435,6 +454,8 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "inline_max_recipients": _as_int(1, 1_000_000),
     "smtp_max_connections": _as_int(1, 1024),
     "smtp_rate_limit": lambda _key, value: parse_rate_limit(value),
+    # --- many hosts (issue 10) ---
+    "node_name": _as_node_name,
 }
 
 KEYS: tuple[str, ...] = tuple(_PARSERS)
@@ -511,11 +532,19 @@ def configured_keys(
     return frozenset(keys & set(KEYS))
 
 
+def default_node_name() -> str:
+    """The machine's hostname, cut to what ``node_name`` accepts (``_`` for anything else)."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()).lstrip("._-")[:48]
+    return name or "localhost"
+
+
 def _complete(values: dict[str, Any]) -> Settings:
     """Fill the defaults that depend on other keys, then check the keys against each other."""
     data_dir: Path = values.setdefault("data_dir", Path("./var"))
     values.setdefault("database_url", f"sqlite:///{data_dir / 'herald.db'}")
     values.setdefault("log_dir", data_dir / "log")
+    if not values.get("node_name"):
+        values["node_name"] = default_node_name()
     base_url = values.setdefault("base_url", "http://127.0.0.1:8080")
     if not values.get("mail_domain"):
         values["mail_domain"] = urlsplit(base_url).hostname or "localhost"
