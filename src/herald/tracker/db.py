@@ -28,7 +28,24 @@ def make_engine(url: str, *, echo: bool = False, reader: bool = False) -> Engine
         engine = create_engine(url, echo=echo, connect_args={"check_same_thread": False, "timeout": 30})
         _tune_sqlite(engine, begin="BEGIN" if reader else "BEGIN IMMEDIATE")
         return engine
-    return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    engine = create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    event.listen(engine, "connect", _behind_pooler)
+    return engine
+
+
+def _behind_pooler(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+    """A connection through a pooler in transaction mode (PgBouncer) may meet another server session at
+    each transaction, where psycopg's server-side prepared statements do not exist: turn them off there.
+    A pooler answers the client with a backend pid of its own, unlike the server's ``pg_backend_pid()``."""
+    backend_pid = getattr(getattr(dbapi_conn, "info", None), "backend_pid", None)
+    if backend_pid is None:
+        return
+    with dbapi_conn.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        row = cur.fetchone()
+    dbapi_conn.rollback()
+    if row is not None and row[0] != backend_pid:
+        dbapi_conn.prepare_threshold = None
 
 
 def _tune_sqlite(engine: Engine, begin: str) -> None:
