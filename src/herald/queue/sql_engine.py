@@ -44,14 +44,26 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+#: Limits on each session of the queue, so that a host cut off mid-claim does not keep its rows locked
+#: until the server notices the dead peer (hours): the same as the tracker's (``herald.tracker.db``).
+SESSION_LIMITS = (
+    "SET idle_in_transaction_session_timeout = 5000",
+    "SET tcp_keepalives_idle = 10",
+    "SET tcp_keepalives_interval = 5",
+    "SET tcp_keepalives_count = 3",
+)
+
+
 def behind_pooler(dbapi_connection: Any) -> bool:
     """Whether a psycopg connection goes through a pooler (PgBouncer) rather than to the server itself: a
     pooler answers the client with a backend pid of its own, unlike the server's ``pg_backend_pid()``.
-    Leaves the connection outside any transaction."""
+    Sets the session limits on the way; leaves the connection outside any transaction."""
     with dbapi_connection.cursor() as cur:
+        for statement in SESSION_LIMITS:
+            cur.execute(statement)
         cur.execute("SELECT pg_backend_pid()")
         row = cur.fetchone()
-    dbapi_connection.rollback()
+    dbapi_connection.commit()
     return row is not None and row[0] != dbapi_connection.info.backend_pid
 
 
