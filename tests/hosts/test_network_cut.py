@@ -155,6 +155,7 @@ def _run(
     cut: Callable[[Host], None],
     restore: Callable[[Host], None],
     make_ns: Callable[[], Namespace | None],
+    label: str,
 ) -> None:
     stack.smtp.slow_data(SLOW_DATA)
     a = _start_host(stack, "host-a", make_ns())
@@ -196,7 +197,7 @@ def _run(
     refused, failed = a.late_writes()
     duplicates = stack.duplicates()
     print(
-        f"network cut: changes={len(stack.changesets)} mails={tally.expected} held_at_cut={len(held)} "
+        f"{label}: changes={len(stack.changesets)} mails={tally.expected} held_at_cut={len(held)} "
         f"in_flight={in_flight} lost={tally.lost} duplicated={tally.duplicated} "
         f"relay_takeover={relay_takeover:.1f}s jobs_takeover={jobs_takeover:.1f}s "
         f"back_after={restored_at - cut_at:.1f}s drain={drain:.1f}s "
@@ -223,7 +224,7 @@ def test_network_cut_of_a_worker_host(
         assert host.ns is not None
         host.ns.restore()
 
-    _run(stack, cut, restore, namespaces.make)
+    _run(stack, cut, restore, namespaces.make, "network cut")
 
 
 @pytest.mark.timeout(240)
@@ -242,4 +243,4 @@ def test_sigstop_of_a_worker_host(pg_url: str, make_stack: Callable[..., Stack])
     def restore(host: Host) -> None:
         os.killpg(host.process.pid, signal.SIGCONT)
 
-    _run(stack, cut, restore, lambda: None)
+    _run(stack, cut, restore, lambda: None, "sigstop")
