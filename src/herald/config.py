@@ -401,7 +401,7 @@ def _as_node_name(key: str, value: object) -> str:
     """This host's name among the hosts of one deployment: it prefixes every heartbeat, queue consumer and
     lock holder, so it must be unique per host (two containers may share a hostname)."""
     text = _as_str(key, value).strip()
-    if not _NODE_NAME.fullmatch(text):
+    if text and not _NODE_NAME.fullmatch(text):  # empty: the hostname (see _complete)
         raise ConfigError(
             f"{key} = {text!r}: use 1 to 48 letters, digits, '.', '_' or '-' (no ':'), starting with a "
             "letter or digit"
