@@ -35,3 +35,32 @@ def test_two_containers_with_one_hostname_get_two_names(tmp_path: Path) -> None:
     b = _settings(tmp_path, HERALD_NODE_NAME="web-2.pod").node_name
     assert process_name("worker-1", a) != process_name("worker-1", b)
     assert process_name("worker-1", a) == "web-1.pod:worker-1"
+
+
+def test_a_second_host_under_the_same_name_is_warned_about(tmp_path: Path, sqlite_db, capture_log) -> None:  # type: ignore[no-untyped-def]
+    from datetime import timedelta
+
+    from herald.tracker.models import WorkerHeartbeat, utcnow
+    from herald.worker import Supervisor
+
+    url = sqlite_db.engine.url.render_as_string(hide_password=False)
+    settings = _settings(tmp_path, HERALD_DATABASE_URL=url, HERALD_NODE_NAME="box")
+    with sqlite_db.session() as s:
+        now = utcnow()
+        s.add(
+            WorkerHeartbeat(
+                name="box:relay",
+                kind="supervisor",
+                pid=1,
+                host="box",
+                started_at=now,
+                beat_at=now,
+                expires_at=now + timedelta(seconds=6),
+                info={},
+            )
+        )
+    records = capture_log("herald.supervisor")
+    supervisor = Supervisor(settings, ["herald"], spawn=False, db=sqlite_db)
+    supervisor._warn_if_name_taken()
+    supervisor.queue.close()
+    assert any("give each host its own node_name" in m for m in records.messages())

@@ -135,6 +135,7 @@ class Supervisor:
 
     def run(self) -> int:
         self._announce()
+        self._warn_if_name_taken()
         self._forget_surplus()
         heartbeat = Heartbeat(self.db, self.name, "supervisor", self._info, host=self.host)
         heartbeat.start()
@@ -215,6 +216,25 @@ class Supervisor:
             "relay_leader": self.leadership.leading,
             "pids": [slot.process.pid for slot in self.slots if slot.process is not None],
         }
+
+    def _warn_if_name_taken(self) -> None:
+        """Two hosts with one ``node_name`` (containers sharing a hostname) would hand back each other's jobs:
+        say so if a live process of another pid already beats under this supervisor's name."""
+        try:
+            with self.db.session() as session:
+                row = session.get(WorkerHeartbeat, self.name)
+                taken = row is not None and row.expires_at > utcnow() and row.pid != os.getpid()
+                pid = row.pid if row is not None else 0
+        except Exception as exc:
+            log.debug("could not read the heartbeat of %s: %s", self.name, exc)
+            return
+        if taken:
+            log.warning(
+                "another process (pid %d) beats as %s: if it runs on another host, give each host its own "
+                "node_name (it defaults to the hostname, which containers may share)",
+                pid,
+                self.name,
+            )
 
     def _forget_surplus(self) -> None:
         """Heartbeats of this host's workers beyond the wanted count (it was lowered) are not deaths."""
