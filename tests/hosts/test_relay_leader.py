@@ -59,7 +59,8 @@ def test_one_relay_leads_and_another_takes_over(pg_url: str, make_stack: Callabl
     stack.burst(creations=3, updates=5)
     wait_until(lambda: sum(_pushes(log) for _, log in relays.values()) >= 8, "8 changes relayed")
     counts = {name: _pushes(log) for name, (_, log) in relays.items()}
-    assert counts[first] == 8 and sum(counts.values()) == 8, counts  # the follower pushed nothing
+    # The follower pushed nothing (the leader may push a row again after requeue_after, 10 s).
+    assert counts[first] >= 8 and sum(counts.values()) == counts[first], counts
 
     # The leader vanishes (SIGKILL: no handover): the other takes over once the lease ran out.
     process, _ = relays.pop(first)
