@@ -122,7 +122,7 @@ class PgWaker(Waker):
             self._conn = self._listen()
             try:
                 works = self._probe()
-            except Exception:
+            except Exception:  # the NOTIFY could not be sent: the database is unreachable
                 self._conn.close()
                 self._conn = None
                 raise
@@ -170,8 +170,10 @@ class PgWaker(Waker):
                     if notice.payload == payload:
                         return True
                     self.bump()  # a real push that came meanwhile
-        except psycopg.Error as err:
-            raise QueueUnavailable(f"database unavailable: {err.__class__.__name__}") from err
+        except psycopg.Error:
+            # The connection broke while we waited: not a verdict on LISTEN. The listener thread finds
+            # the broken connection at once and reconnects, as after any loss.
+            return True
         return False
 
     def _run(self) -> None:
