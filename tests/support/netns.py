@@ -146,10 +146,13 @@ class Namespaces:
 
 @pytest.fixture
 def namespaces() -> Iterator[Namespaces]:
-    """Network namespaces for worker hosts (skipped, or failed under CI, where they cannot be made)."""
+    """Network namespaces for worker hosts. Where they cannot be made the test is skipped (the SIGSTOP
+    variant stands in for it), except under CI as root, where a missing ``ip`` or ``socat`` fails it."""
     reason = namespaces_missing()
     if reason is not None:
-        service_missing(reason)
+        if os.geteuid() == 0:
+            service_missing(reason)
+        pytest.skip(f"{reason}: the SIGSTOP variant runs instead")
     made = Namespaces()
     try:
         yield made
