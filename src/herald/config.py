@@ -12,7 +12,9 @@ import difflib
 import enum
 import ipaddress
 import os
+import re
 import secrets
+import socket
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -213,6 +215,8 @@ class Settings:
     admin_session_idle_seconds: float = 3600.0
     # --- logs (issue 8): one JSON object per line for log shippers; log_dir = "-" logs to stderr only.
     log_format: str = "text"
+    # --- many hosts (issue 10) ---
+    node_name: str = ""
 
     @property
     def sqlite_path(self) -> Path:
@@ -422,6 +426,21 @@ def _as_host_ports(key: str, value: object) -> str | None:
     return ",".join(parts)
 
 
+_NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,47}")
+
+
+def _as_node_name(key: str, value: object) -> str:
+    """This host's name among the hosts of one deployment: it prefixes every heartbeat, queue consumer and
+    lock holder, so it must be unique per host (two containers may share a hostname)."""
+    text = _as_str(key, value).strip()
+    if text and not _NODE_NAME.fullmatch(text):  # empty: the hostname (see _complete)
+        raise ConfigError(
+            f"{key} = {text!r}: use 1 to 48 letters, digits, '.', '_' or '-' (no ':'), starting with a "
+            "letter or digit"
+        )
+    return text
+
+
 def _as_async(key: str, value: object) -> AsyncEmails:
     return parse_async_emails(value)
 
@@ -477,6 +496,8 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "admin_session_idle_seconds": lambda key, value: parse_duration(key, value, 60.0, 30 * 24 * 3600.0),
     # --- logs (issue 8)
     "log_format": _one_of(LOG_FORMATS),
+    # --- many hosts (issue 10) ---
+    "node_name": _as_node_name,
 }
 
 KEYS: tuple[str, ...] = tuple(_PARSERS)
@@ -553,11 +574,19 @@ def configured_keys(
     return frozenset(keys & set(KEYS))
 
 
+def default_node_name() -> str:
+    """The machine's hostname, cut to what ``node_name`` accepts (``_`` for anything else)."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()).lstrip("._-")[:48]
+    return name or "localhost"
+
+
 def _complete(values: dict[str, Any]) -> Settings:
     """Fill the defaults that depend on other keys, then check the keys against each other."""
     data_dir: Path = values.setdefault("data_dir", Path("./var"))
     values.setdefault("database_url", f"sqlite:///{data_dir / 'herald.db'}")
     values.setdefault("log_dir", data_dir / "log")
+    if not values.get("node_name"):
+        values["node_name"] = default_node_name()
     base_url = values.setdefault("base_url", "http://127.0.0.1:8080")
     if not values.get("mail_domain"):
         values["mail_domain"] = urlsplit(base_url).hostname or "localhost"

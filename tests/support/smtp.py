@@ -103,6 +103,7 @@ class _Recorder:
         self.mail_replies: deque[str] = deque()
         self.data_replies: deque[str] = deque()
         self.pipelining = False
+        self.data_delay = 0.0  # seconds each DATA takes before its reply: a slow relay
 
     # connection bookkeeping, called by _RecordingSMTP
     def opened(self, proto: _RecordingSMTP) -> None:
@@ -155,6 +156,8 @@ class _Recorder:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        if self.data_delay:  # still in transaction meanwhile: counted in flight
+            await asyncio.sleep(self.data_delay)
         with self.cond:
             self.in_transaction.discard(id(session))
             self.data_count += 1
@@ -301,6 +304,10 @@ class SmtpServer:
             if not self._rec.cond.wait_for(lambda: len(self._rec.messages) >= count, timeout):
                 pytest.fail(f"expected {count} message(s) within {timeout}s, got {len(self._rec.messages)}")
             return list(self._rec.messages)
+
+    def slow_data(self, seconds: float) -> None:
+        """Answer every DATA only after ``seconds`` (a slow relay keeps deliveries in flight)."""
+        self._rec.data_delay = seconds
 
     def refuse_recipient(self, address: str, reply: str = "550 5.1.1 <{address}>: no such user") -> None:
         """Answer RCPT TO for ``address`` with ``reply`` (e.g. ``"450 mailbox busy"``) from now on."""

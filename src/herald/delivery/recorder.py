@@ -153,6 +153,14 @@ class Recorder:
     def _group(conn: Connection, items: list[_Item], now: datetime) -> list[tuple[_Item, Any]]:
         lease = items[0].lease
         if not lock.guard(conn, lease, now):
+            # A holder that was cut off (or frozen) and came back: its successor owns the row now.
+            log.warning(
+                "Notification: %d late write(s) for changeset_id=%d refused by the fence (fence %d was "
+                "taken over)",
+                sum(len(item.outcomes) for item in items) or len(items),
+                lease.changeset_id,
+                lease.fence,
+            )
             return [(item, FENCED) for item in items]
         ledger.record(conn, lease.changeset_id, [o for item in items for o in item.outcomes], now)
         results: list[tuple[_Item, Any]] = []

@@ -12,7 +12,7 @@ from sqlalchemy.engine import make_url
 
 from herald.queue.errors import QueueError, QueueUnavailable
 
-__all__ = ["READ_ONLY_OPTION", "SQLITE_BUSY_TIMEOUT_MS", "make_engine", "translate_errors"]
+__all__ = ["READ_ONLY_OPTION", "SQLITE_BUSY_TIMEOUT_MS", "behind_pooler", "make_engine", "translate_errors"]
 
 #: Execution option marking a transaction that only reads (SQLite then begins it without a lock).
 READ_ONLY_OPTION = "herald_queue_read_only"
@@ -28,7 +28,9 @@ def make_engine(url: str) -> Engine:
     if backend == "postgresql":
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")  # the driver herald installs
-        return create_engine(parsed, pool_pre_ping=True)
+        engine = create_engine(parsed, pool_pre_ping=True)
+        event.listen(engine, "connect", _pg_connect)
+        return engine
     if backend != "sqlite":
         raise QueueError(f"the SQL queue supports sqlite and postgresql, not {backend}")
     database = parsed.database or ""
@@ -40,6 +42,36 @@ def make_engine(url: str) -> Engine:
     event.listen(engine, "connect", _sqlite_connect)
     event.listen(engine, "begin", _sqlite_begin)
     return engine
+
+
+#: Limits on each session of the queue, so that a host cut off mid-claim does not keep its rows locked
+#: until the server notices the dead peer (hours): the same as the tracker's (``herald.tracker.db``).
+SESSION_LIMITS = (
+    "SET idle_in_transaction_session_timeout = 5000",
+    "SET tcp_keepalives_idle = 10",
+    "SET tcp_keepalives_interval = 5",
+    "SET tcp_keepalives_count = 3",
+)
+
+
+def behind_pooler(dbapi_connection: Any) -> bool:
+    """Whether a psycopg connection goes through a pooler (PgBouncer) rather than to the server itself: a
+    pooler answers the client with a backend pid of its own, unlike the server's ``pg_backend_pid()``.
+    Sets the session limits on the way; leaves the connection outside any transaction."""
+    with dbapi_connection.cursor() as cur:
+        for statement in SESSION_LIMITS:
+            cur.execute(statement)
+        cur.execute("SELECT pg_backend_pid()")
+        row = cur.fetchone()
+    dbapi_connection.commit()
+    return row is not None and row[0] != dbapi_connection.info.backend_pid
+
+
+def _pg_connect(dbapi_connection: Any, _record: Any) -> None:
+    # In transaction mode, each transaction may meet another server session, where psycopg's server-side
+    # prepared statements do not exist ("prepared statement _pg3_0 does not exist"): off behind a pooler.
+    if behind_pooler(dbapi_connection):
+        dbapi_connection.prepare_threshold = None
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:

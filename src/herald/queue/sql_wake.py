@@ -5,6 +5,11 @@ a job and then waits for it to change, so a push that lands between the look and
 
 - PostgreSQL: every push runs ``pg_notify``; one background thread per queue LISTENs and bumps the
   generation. No polling: a claimer sleeps until a push, the next due retry or lease expiry, or its timeout.
+  Behind a pooler in transaction mode (PgBouncer) LISTEN is accepted but nothing is ever delivered, since
+  the listening server session goes back to the pool: so, once LISTENing, the waker sends itself a NOTIFY
+  and waits for it (:data:`PROBE_SECONDS`); if it never comes, claimers poll every
+  :data:`PG_POLL_SECONDS` instead, and the log says so once. Point ``database_url`` at the primary (or
+  PgBouncer in front of it): claims and LISTEN need it, a read replica can do neither.
 - SQLite has no notifications. Pushes from this process wake claimers at once; pushes from other
   processes are seen by polling every :data:`SQLITE_POLL_SECONDS`. This is the one place herald polls.
 """
@@ -13,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+import uuid
 from typing import Any
 
 from sqlalchemy import Engine, select
@@ -21,7 +28,16 @@ from sqlalchemy import func as sqlfunc
 from herald.queue.errors import QueueUnavailable
 from herald.queue.sql_engine import translate_errors
 
-__all__ = ["CHANNEL", "NOTIFY", "SQLITE_POLL_SECONDS", "PgWaker", "PollWaker", "Waker"]
+__all__ = [
+    "CHANNEL",
+    "NOTIFY",
+    "PG_POLL_SECONDS",
+    "PROBE_SECONDS",
+    "SQLITE_POLL_SECONDS",
+    "PgWaker",
+    "PollWaker",
+    "Waker",
+]
 
 log = logging.getLogger("herald.queue")
 
@@ -32,6 +48,11 @@ SQLITE_POLL_SECONDS = 0.05
 #: While the PostgreSQL listener is reconnecting, claimers look this often so they miss nothing.
 _DEGRADED_POLL_SECONDS = 1.0
 _LISTEN_SLICE_SECONDS = 1.0
+#: How long the waker waits for its own NOTIFY before it decides LISTEN does not work here.
+PROBE_SECONDS = 2.0
+#: How often claimers look for jobs when LISTEN does not work (behind PgBouncer in transaction mode).
+PG_POLL_SECONDS = 0.1
+_warned_no_listen = False
 
 
 #: The statement that wakes PostgreSQL claimers: run in the pushing transaction, delivered on its commit.
@@ -90,13 +111,27 @@ class PgWaker(Waker):
         self._thread: threading.Thread | None = None
         self._conn: Any = None  # the psycopg connection the thread listens on
         self._listening = threading.Event()
+        #: LISTEN does not work here (see the module docstring): claimers poll.
+        self.polling = False
 
     def start(self) -> None:
         with self._lock:
-            if self._thread is not None or self._closed:
+            if self._thread is not None or self._closed or self.polling:
                 return
             # LISTEN before returning, so that every push after this call is seen.
             self._conn = self._listen()
+            try:
+                works = self._probe()
+            except Exception:  # the NOTIFY could not be sent: the database is unreachable
+                self._conn.close()
+                self._conn = None
+                raise
+            if not works:
+                self._conn.close()
+                self._conn = None
+                self.polling = True
+                _say_no_listen()
+                return
             self._listening.set()
             self._thread = threading.Thread(target=self._run, name="herald-queue-listen", daemon=True)
             self._thread.start()
@@ -120,6 +155,26 @@ class PgWaker(Waker):
             first_line = (str(err).strip().splitlines() or [""])[0]
             raise QueueUnavailable(f"database unavailable: {err.__class__.__name__}: {first_line}") from err
         return conn
+
+    def _probe(self) -> bool:
+        """NOTIFY ourselves and wait for it: False if it never arrives (a pooler swallowed the LISTEN)."""
+        payload = f"probe-{uuid.uuid4().hex}"
+        with translate_errors(), self._engine.begin() as conn:
+            conn.execute(select(sqlfunc.pg_notify(CHANNEL, payload)))
+        import psycopg
+
+        deadline = time.monotonic() + PROBE_SECONDS
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                for notice in self._conn.notifies(timeout=left):
+                    if notice.payload == payload:
+                        return True
+                    self.bump()  # a real push that came meanwhile
+        except psycopg.Error:
+            # The connection broke while we waited: not a verdict on LISTEN. The listener thread finds
+            # the broken connection at once and reconnects, as after any loss.
+            return True
+        return False
 
     def _run(self) -> None:
         import psycopg
@@ -153,6 +208,8 @@ class PgWaker(Waker):
             return
 
     def _cap(self, timeout: float) -> float:
+        if self.polling:
+            return min(timeout, PG_POLL_SECONDS)
         return timeout if self._listening.is_set() else min(timeout, _DEGRADED_POLL_SECONDS)
 
     def close(self) -> None:
@@ -168,3 +225,15 @@ class PgWaker(Waker):
         except Exception:  # the database may be down: the thread then stops within a slice
             pass
         thread.join(timeout=_LISTEN_SLICE_SECONDS + 1)
+
+
+def _say_no_listen() -> None:
+    global _warned_no_listen
+    if _warned_no_listen:  # once per process, not once per queue object
+        return
+    _warned_no_listen = True
+    log.warning(
+        "PostgreSQL LISTEN/NOTIFY does not reach this process (a pooler such as PgBouncer in transaction "
+        "mode between herald and the database?): the SQL queue looks for jobs every %.1fs instead",
+        PG_POLL_SECONDS,
+    )

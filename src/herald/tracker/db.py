@@ -28,7 +28,40 @@ def make_engine(url: str, *, echo: bool = False, reader: bool = False) -> Engine
         engine = create_engine(url, echo=echo, connect_args={"check_same_thread": False, "timeout": 30})
         _tune_sqlite(engine, begin="BEGIN" if reader else "BEGIN IMMEDIATE")
         return engine
-    return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    engine = create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    event.listen(engine, "connect", _on_pg_connect)
+    return engine
+
+
+#: Limits on each of herald's PostgreSQL sessions, for a host that vanishes (a network cut) holding row
+#: locks, a notification's say, in an open transaction: the server ends the session — and rolls back —
+#: once its peer stopped answering TCP keepalives (about 10 + 3 * 5 s) or the transaction idled 5 s (herald
+#: never idles inside one), instead of keeping the locks from its successor until the operating system
+#: gives up on the peer, hours later.
+SESSION_LIMITS = (
+    "SET idle_in_transaction_session_timeout = 5000",
+    "SET tcp_keepalives_idle = 10",
+    "SET tcp_keepalives_interval = 5",
+    "SET tcp_keepalives_count = 3",
+)
+
+
+def _on_pg_connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+    """Per new connection: the session limits above; and, through a pooler in transaction
+    mode (PgBouncer), where each transaction may meet another server session, no server-side prepared
+    statements (psycopg's would not exist there). A pooler answers the client with a backend pid of its
+    own, unlike the server's ``pg_backend_pid()``."""
+    backend_pid = getattr(getattr(dbapi_conn, "info", None), "backend_pid", None)
+    if backend_pid is None:
+        return
+    with dbapi_conn.cursor() as cur:
+        for statement in SESSION_LIMITS:
+            cur.execute(statement)
+        cur.execute("SELECT pg_backend_pid()")
+        row = cur.fetchone()
+    dbapi_conn.commit()
+    if row is not None and row[0] != backend_pid:
+        dbapi_conn.prepare_threshold = None
 
 
 def _tune_sqlite(engine: Engine, begin: str) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Enum,
@@ -329,3 +330,20 @@ class AdminSession(Base):
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     client: Mapped[str] = mapped_column(String(64), default="")
+
+
+class LeaderLease(Base):
+    """A role that one process of the whole deployment plays at a time (the outbox relay), held by a lease.
+
+    ``fence`` grows by one at every change of holder: a write made for the role checks it in the same
+    transaction, so a holder that lost the lease (it was cut off, then came back) changes nothing. Written by
+    ``herald.worker.leader``; read by ``herald check``.
+    """
+
+    __tablename__ = "leader_leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    fence: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    acquired_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -21,10 +21,18 @@ def _config(engine: Engine) -> Config:
     return cfg
 
 
+#: The PostgreSQL advisory lock key that serializes migrations ("herald" in ASCII).
+_MIGRATION_LOCK = 0x68657261_6C64
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Bring the database to ``revision``; a no-op when it is there already."""
     cfg = _config(engine)
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Several front ends and worker hosts may start at once on a new database: one migrates, the
+            # others wait here and then find it done (SQLite serializes writers by itself).
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
 

@@ -38,7 +38,8 @@ HEARTBEAT_TTL_SECONDS = 3 * HEARTBEAT_SECONDS
 
 def process_name(role: str, host: str | None = None) -> str:
     """``<host>:<role>``: the name a process uses in its heartbeat (and a worker as its queue consumer),
-    unique across the machines that share one database and queue."""
+    unique across the machines that share one database and queue. ``host`` is the ``node_name`` setting
+    (the hostname unless set: containers that share a hostname must each set their own)."""
     return f"{host or socket.gethostname()}:{role}"[-64:]
 
 
@@ -54,8 +55,10 @@ class Heartbeat:
         *,
         interval: float = HEARTBEAT_SECONDS,
         ttl: float = HEARTBEAT_TTL_SECONDS,
+        host: str | None = None,
     ) -> None:
         self.db = db
+        self.host = (host or socket.gethostname())[:255]
         self.name = name
         self.kind = kind
         self._info = info
@@ -85,7 +88,7 @@ class Heartbeat:
                         name=self.name,
                         kind=self.kind,
                         pid=os.getpid(),
-                        host=socket.gethostname()[:255],
+                        host=self.host,
                         started_at=self._started_at,
                         beat_at=now,
                         expires_at=now + timedelta(seconds=self._ttl),

@@ -189,7 +189,7 @@ class HeartbeatHook(Hook):
 
     def worker_started(self, worker: Worker) -> None:
         self._worker = worker
-        self._beat = Heartbeat(self.db, worker.consumer, "worker", self._info)
+        self._beat = Heartbeat(self.db, worker.consumer, "worker", self._info, host=worker.settings.node_name)
         self._beat.start()
 
     def job_received(self, worker: Worker, job: Job) -> None:

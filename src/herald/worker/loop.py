@@ -147,7 +147,7 @@ class Worker:
         self.settings = settings
         self.name = f"worker-{worker_id}"
         #: The queue consumer and heartbeat name: unique across machines.
-        self.consumer = process_name(self.name)
+        self.consumer = process_name(self.name, settings.node_name)
         self.pid = os.getpid()
         #: Every outbox lock this process takes is named ``<holder_prefix><random>``, so the supervisor
         #: that sees this process die can release them all at once.

@@ -15,6 +15,10 @@ It is idempotent. A row keeps its job id, so re-pushing a job the queue still ho
 queue ignores an id it already has), and the lock and the ledger make even a duplicate job harmless. After
 each push the row is looked at again only after :func:`requeue_after`, so a long backlog is not re-pushed
 every second. The relay also marks rows whose job the queue dead-lettered as ``dead``, with the reason.
+
+One relay runs per deployment, however many hosts: the supervisor that holds the ``relay`` leader lease
+(:mod:`herald.worker.leader`) runs it and passes its ``guard``, which checks the lease's fencing token first
+in every write transaction of a run, so a former leader that comes back from a network cut writes nothing.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from sqlalchemy import Connection
+
 from herald.config import Settings
 from herald.outbox import records
 from herald.outbox.records import requeue_after
@@ -32,7 +38,7 @@ from herald.queue import Job, Queue, QueueError
 from herald.tracker.db import Database
 from herald.tracker.models import utcnow
 
-__all__ = ["PENDING_GRACE_SECONDS", "Relay", "RelayReport"]
+__all__ = ["PENDING_GRACE_SECONDS", "Guard", "Relay", "RelayReport"]
 
 log = logging.getLogger("herald.relay")
 
@@ -54,6 +60,16 @@ class RelayReport:
     pushed: int = 0
     failed: int = 0
     marked_dead: int = 0
+    #: The run did nothing: the guard said this process does not lead the relay (any more).
+    fenced: bool = False
+
+
+#: Checks, first in a write transaction, that this process may still write for the relay.
+Guard = Callable[[Connection], bool]
+
+
+def _unguarded(_conn: Connection) -> bool:
+    return True
 
 
 class Relay:
@@ -75,10 +91,15 @@ class Relay:
         self._monotonic = monotonic
         self._next_dead_scan = 0.0
 
-    def run_once(self) -> RelayReport:
-        """One pass. Raises QueueUnavailable (nothing was lost) when the queue cannot be reached."""
+    def run_once(self, guard: Guard = _unguarded) -> RelayReport:
+        """One pass. Raises QueueUnavailable (nothing was lost) when the queue cannot be reached.
+
+        ``guard`` runs first in each write transaction; when it says no, the run stops and writes nothing.
+        """
         now = self._clock()
         with self.db.write() as session:
+            if not guard(session):
+                return RelayReport(fenced=True)
             rows = records.relay_candidates(
                 session, now, pending_grace=PENDING_GRACE_SECONDS, due_slack=DUE_SLACK_SECONDS, limit=BATCH
             )
@@ -107,7 +128,10 @@ class Relay:
         finally:
             if pushed:
                 with self.db.write() as session:
-                    records.mark_relayed(session, pushed, now=now, recheck_at=now + self._recheck)
+                    # Fenced off meanwhile: the rows keep their old recheck time; the new leader re-pushes
+                    # them, which the queue ignores (same job ids).
+                    if guard(session):
+                        records.mark_relayed(session, pushed, now=now, recheck_at=now + self._recheck)
                 for row in pushed:
                     log.info(
                         "relay pushed changeset_id=%d job_id=%s (was %s)",
@@ -115,10 +139,10 @@ class Relay:
                         job_ids[row.changeset_id],
                         row.state.value,
                     )
-        dead = self._scan_dead(now)
+        dead = self._scan_dead(now, guard)
         return RelayReport(pushed=len(pushed), failed=failed, marked_dead=dead)
 
-    def _scan_dead(self, now: datetime) -> int:
+    def _scan_dead(self, now: datetime, guard: Guard) -> int:
         if self._monotonic() < self._next_dead_scan:
             return 0
         self._next_dead_scan = self._monotonic() + DEAD_SCAN_SECONDS
@@ -127,6 +151,8 @@ class Relay:
             return 0
         marked = 0
         with self.db.write() as session:
+            if not guard(session):
+                return 0
             for letter in letters:
                 assert letter.changeset_id is not None
                 reason = f"job {letter.job_id} dead-lettered: {letter.reason}"

@@ -10,7 +10,10 @@ The supervisor
   within seconds rather than after ``lease_seconds``; the fencing token makes this safe even if the
   "dead" worker was only frozen. The lease stays as the fallback for a host that vanished;
 - every second returns the jobs of dead workers to the queue (``reclaim_stale``; claims do it too, this
-  covers a pool that shrank to nothing) and runs the outbox relay (:mod:`herald.worker.relay`);
+  covers a pool that shrank to nothing) and runs the outbox relay (:mod:`herald.worker.relay`) — if it
+  leads: of all the supervisors of a deployment (one per host), the one holding the ``relay`` leader lease
+  runs it (:mod:`herald.worker.leader`); another takes over when it stops (at once) or vanishes (after
+  ``lease_seconds``);
 - beats a heartbeat of its own (with how many workers it wants and has) next to the workers' ones;
 - on SIGTERM or SIGINT passes SIGTERM on, waits ``worker_grace_seconds`` (plus a margin) for the workers
   to finish their jobs, kills any straggler, and exits 0.
@@ -30,7 +33,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -47,6 +49,7 @@ from herald.queue import Queue, QueueError, make_queue
 from herald.tracker.db import Database
 from herald.tracker.models import WorkerHeartbeat, utcnow
 from herald.worker.heartbeat import Heartbeat, forget, process_name
+from herald.worker.leader import RELAY, Leadership
 from herald.worker.relay import Relay
 
 __all__ = ["Supervisor", "workers_wanted"]
@@ -105,8 +108,9 @@ class Supervisor:
         self.db = db or Database(settings.database_url)
         self.queue = queue or make_queue(settings)
         self.relay = Relay(self.db, self.queue, settings)
-        self.host = socket.gethostname()
+        self.host = settings.node_name
         self.name = process_name("supervisor" if spawn else "relay", self.host)
+        self.leadership = Leadership(self.db, RELAY, f"{self.name}:{os.getpid()}", settings.lease_seconds)
         self.slots = [_Slot(i) for i in range(1, self.wanted + 1)]
         self.restarts = 0
         self._stop = threading.Event()
@@ -131,8 +135,9 @@ class Supervisor:
 
     def run(self) -> int:
         self._announce()
+        self._warn_if_name_taken()
         self._forget_surplus()
-        heartbeat = Heartbeat(self.db, self.name, "supervisor", self._info)
+        heartbeat = Heartbeat(self.db, self.name, "supervisor", self._info, host=self.host)
         heartbeat.start()
         next_maintenance = 0.0
         try:
@@ -208,8 +213,28 @@ class Supervisor:
             "workers_alive": alive,
             "restarts": self.restarts,
             "relay": self.relay_enabled,
+            "relay_leader": self.leadership.leading,
             "pids": [slot.process.pid for slot in self.slots if slot.process is not None],
         }
+
+    def _warn_if_name_taken(self) -> None:
+        """Two hosts with one ``node_name`` (containers sharing a hostname) would hand back each other's jobs:
+        say so if a live process of another pid already beats under this supervisor's name."""
+        try:
+            with self.db.session() as session:
+                row = session.get(WorkerHeartbeat, self.name)
+                taken = row is not None and row.expires_at > utcnow() and row.pid != os.getpid()
+                pid = row.pid if row is not None else 0
+        except Exception as exc:
+            log.debug("could not read the heartbeat of %s: %s", self.name, exc)
+            return
+        if taken:
+            log.warning(
+                "another process (pid %d) beats as %s: if it runs on another host, give each host its own "
+                "node_name (it defaults to the hostname, which containers may share)",
+                pid,
+                self.name,
+            )
 
     def _forget_surplus(self) -> None:
         """Heartbeats of this host's workers beyond the wanted count (it was lowered) are not deaths."""
@@ -277,12 +302,14 @@ class Supervisor:
             )
 
     def _maintain(self) -> None:
+        # The lease first, whatever the queue does: a leader that cannot reach Redis keeps leading.
+        leading = self.relay_enabled and self.leadership.tick()
         try:
             reclaimed = self.queue.reclaim_stale()
             if reclaimed:
                 log.warning("returned %d job(s) of dead or stalled workers to the queue", reclaimed)
-            if self.relay_enabled:
-                self.relay.run_once()
+            if leading:
+                self.relay.run_once(self.leadership.guard)
         except QueueError as exc:
             if not exc.transient:
                 log.error("relay: %s", exc)
@@ -300,6 +327,7 @@ class Supervisor:
             self._queue_failing = False
 
     def _shutdown(self) -> None:
+        self.leadership.resign()  # first: another host's supervisor takes the relay over at its next look
         running = [s for s in self.slots if s.process is not None and s.process.poll() is None]
         for slot in running:
             assert slot.process is not None
