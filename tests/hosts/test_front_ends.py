@@ -116,7 +116,7 @@ def test_two_front_ends_lose_no_concurrent_change(
         token,
         {"values": {"title": "Shared bug", "assigned_to": "bob", "description": "v0"}},
     )
-    artifact_id = created["artifact"]["id"]  # type: ignore[index]
+    artifact_id = created["id"]  # type: ignore[index]
 
     accepted: list[int] = []
     errors: list[BaseException] = []
