@@ -5,7 +5,7 @@ The promises under test (DESIGN.md): nothing is lost (1), nobody is mailed twice
 when a process died (2), a permanent refusal is recorded with its reply (6). The short profile runs in CI;
 ``HERALD_CHAOS=long`` runs a few thousand changes and dozens of faults (``-s`` shows the summary)::
 
-    HERALD_CHAOS=long .venv/bin/pytest tests/chaos -s -p no:randomly
+    HERALD_CHAOS=long .venv/bin/pytest tests/chaos -s
 """
 
 from __future__ import annotations
@@ -15,7 +15,10 @@ import time
 import pytest
 
 from tests.chaos import profile as P
-from tests.chaos.conftest import ChaosStack, Faults, Load, Outcome, reconcile
+from tests.chaos.faults import Faults
+from tests.chaos.load import Load
+from tests.chaos.reconcile import Outcome, reconcile
+from tests.chaos.stack import ChaosStack
 from tests.support.system import report
 from tests.support.waiting import wait_until
 
@@ -46,6 +49,9 @@ def test_chaos_loses_nothing_and_duplicates_only_what_was_in_flight(
     load.start()
     try:
         faults.run(load)
+    except BaseException:
+        load.stop()
+        raise
     finally:
         load.join(timeout=profile.timeout)
     quiet = max(load.finished, faults.finished)
@@ -72,13 +78,15 @@ def _summary(tag: str, stack: ChaosStack, load: Load, faults: Faults, outcome: O
     kinds = " ".join(f"{k}={faults.injected[k]}" for k in P.KINDS if faults.injected[k])
     lines = [
         f"changes committed={outcome.changesets} (creations={outcome.creations}) "
-        f"acknowledged={len(load.acknowledged)} interrupted={load.interrupted} refused={len(load.refused)} "
+        f"acknowledged={len(load.acknowledged)} interrupted={load.interrupted} (of which committed: "
+        f"{outcome.changesets - len(load.acknowledged)}) refused={len(load.refused)} "
         f"in {load.finished - load.started:.1f}s",
         f"expected={outcome.expected} delivered={outcome.delivered} lost={outcome.lost} "
         f"duplicated={outcome.duplicated} (in flight at the kills: {faults.in_flight}) "
         f"failed as expected={outcome.failed_as_expected} (550, reply recorded)",
         f"faults injected: {kinds} smtp_flaky_replies={stack.smtp.flaky_count}",
-        f"drain time={drain:.1f}s (from the last change and the last fault to every notification settled)",
+        f"drain time={drain:.1f}s (from the last change and the last fault to every notification settled; "
+        f"the last fault ended {max(0.0, faults.finished - load.finished):.1f}s after the last change)",
     ]
     for line in lines:
         report(tag, line)

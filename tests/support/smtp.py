@@ -404,10 +404,20 @@ class SmtpServer:
         if self._controller.loop.is_running():
             self._controller.stop()
 
-    def go_down(self) -> None:
-        """An outage: stop listening (new connections are refused) and drop every open connection."""
-        self.drop_connections()
-        self._controller.stop()
+    def go_down(self, timeout: float = 30.0) -> None:
+        """An outage: stop listening (new connections are refused), then drop every open connection."""
+        controller = self._controller
+        closed = threading.Event()
+
+        def stop_listening() -> None:
+            if controller.server is not None:
+                controller.server.close()  # first: clients would reconnect while the others are dropped
+            closed.set()
+
+        controller.loop.call_soon_threadsafe(stop_listening)
+        closed.wait(timeout)
+        self.drop_connections(timeout)
+        controller.stop()
 
     def come_back(self) -> None:
         """End an outage: listen again on the same port, keeping what was received so far."""
