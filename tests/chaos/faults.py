@@ -22,14 +22,19 @@ RECOVERY_SECONDS = 120.0
 
 @dataclass
 class Faults:
-    """Faults at seeded moments of the load, one at a time, each counted by kind. ``in_flight`` adds up
-    the mails in flight when a process or the relay was hit: the most that may be sent twice."""
+    """Faults at seeded moments of the load, one at a time, each counted by kind.
+
+    The mails in flight when a worker or the relay is hit (accepted by the relay and not recorded as
+    sent; for a frozen worker, at the freeze and again at the wake) are the only ones that may come twice:
+    ``suspects`` names them by (changeset, address), ``begun`` counts those caught mid-transaction (their
+    changeset is not known yet)."""
 
     stack: ChaosStack
     profile: P.Profile
     seed: int
     injected: Counter[str] = field(default_factory=Counter)
-    in_flight: int = 0
+    suspects: set[tuple[int, str]] = field(default_factory=set)
+    begun: int = 0
     log: list[str] = field(default_factory=list)
     finished: float = 0.0
     load: Load | None = None
@@ -43,6 +48,17 @@ class Faults:
         duration = self.profile.changes / self.profile.rate
         slots = len(kinds)
         return [(duration * (0.05 + 0.85 * (i + rng.random()) / slots), kind) for i, kind in enumerate(kinds)]
+
+    @property
+    def in_flight(self) -> int:
+        """Mails in flight at the faults: the most that may be sent twice."""
+        return len(self.suspects) + self.begun
+
+    def _caught(self, pairs: set[tuple[int, str]], begun: int) -> int:
+        new = len(pairs - self.suspects) + begun
+        self.suspects |= pairs
+        self.begun += begun
+        return new
 
     def run(self, load: Load) -> None:
         self.load = load
@@ -77,18 +93,19 @@ class Faults:
 
     def worker_sigkill(self, rng: random.Random) -> str:
         name, pid = self._victim(rng)
-        in_flight = self.stack.kill(pid)
-        self.in_flight += in_flight
+        in_flight = self._caught(*self.stack.freeze_counting(pid))
+        os.kill(pid, signal.SIGKILL)
         self._workers_back(pid)
         return f"{name} pid {pid}, {in_flight} in flight"
 
     def worker_sigstop(self, rng: random.Random) -> str:
         name, pid = self._victim(rng)
-        in_flight = self.stack.freeze(pid)
-        self.in_flight += in_flight
+        in_flight = self._caught(*self.stack.freeze_counting(pid))
         frozen = 2 * self.stack.settings.lease_seconds + rng.uniform(0.5, 2.0)
         try:
             time.sleep(frozen)  # how long the fault lasts: past the lease, so the others take over
+            # What the others could not record meanwhile (on SQLite the frozen one may hold the write lock).
+            in_flight += self._caught(self.stack.in_flight_pairs(), self.stack.smtp.open_transactions)
         finally:
             os.kill(pid, signal.SIGCONT)
         lease = self.stack.settings.lease_seconds
@@ -109,12 +126,13 @@ class Faults:
         return self._redis_crash(rng, fresh=True)
 
     def relay_down(self, rng: random.Random) -> str:
-        in_flight = self.stack.in_flight() + self.stack.smtp.open_transactions
-        self.in_flight += in_flight
+        in_flight = self._caught(self.stack.in_flight_pairs(), self.stack.smtp.open_transactions)
         down = rng.uniform(*self.profile.relay_down_seconds)
         self.stack.smtp.go_down()
         try:
             time.sleep(down)  # how long the outage lasts
+            # Accepted as the connections dropped, the reply lost: the sender saw a failure.
+            in_flight += self._caught(self.stack.in_flight_pairs(), 0)
         finally:
             self.stack.smtp.come_back()
         return f"down {down:.1f}s, {in_flight} in flight"

@@ -33,7 +33,7 @@ class Load:
     busy: int = 0  # requests under way right now
     refused: list[str] = field(default_factory=list)  # any other answer: a bug
     started: float = 0.0
-    finished: float = 0.0
+    finished: float = 0.0  # when the last client submitted its last change
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _numbers: Iterator[int] = field(default_factory=itertools.count)
     _threads: list[threading.Thread] = field(default_factory=list)
@@ -51,7 +51,6 @@ class Load:
         for thread in self._threads:
             thread.join(max(0.0, end - time.monotonic()))
             assert not thread.is_alive(), "the load did not finish"
-        self.finished = time.monotonic()
 
     @property
     def done(self) -> bool:
@@ -87,6 +86,8 @@ class Load:
                 finally:
                     with self._lock:
                         self.busy -= 1
+        with self._lock:
+            self.finished = max(self.finished, time.monotonic())  # the last change of all, in the end
 
     def _change(self, client: httpx.Client, rng: random.Random, number: int) -> None:
         with self._lock:

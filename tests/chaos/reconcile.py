@@ -3,12 +3,40 @@ notification API) and against what the relay received."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import Counter
 from dataclasses import dataclass
 
 import httpx2 as httpx
 
+from tests.chaos.load import Load
 from tests.chaos.stack import ChaosStack
+
+
+class SettleWatch:
+    """Notes the moment every notification is settled once the load has ended, while faults may still be
+    landing: the drain time is measured from the last change to that moment."""
+
+    def __init__(self, stack: ChaosStack, load: Load) -> None:
+        self.stack, self.load = stack, load
+        self.settled_at: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="chaos-settle-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            if self.load.done and self.stack.settled():
+                self.settled_at = time.monotonic()
+                return
+
+    def stop(self) -> float:
+        """Stop watching; the drain time (seconds from the last change to every notification settled)."""
+        self._stop.set()
+        self._thread.join(timeout=30)
+        settled = self.settled_at if self.settled_at is not None else time.monotonic()
+        return max(0.0, settled - self.load.finished)
 
 
 @dataclass
@@ -23,6 +51,7 @@ class Outcome:
     unexpected: list[str]  # mail for a pair nobody owed
     ledger_mismatches: list[str]  # the ledger disagrees with the tracker, or a refusal not recorded
     lost_pairs: list[tuple[int, str]]
+    duplicates: dict[tuple[int, str], int]  # pair -> extra copies received
 
 
 def reconcile(stack: ChaosStack, acknowledged: list[int]) -> Outcome:
@@ -78,4 +107,5 @@ def reconcile(stack: ChaosStack, acknowledged: list[int]) -> Outcome:
         unexpected=[f"{pair} x{n}" for pair, n in received.items() if pair not in deliverable],
         ledger_mismatches=mismatches,
         lost_pairs=lost_pairs,
+        duplicates={pair: n - 1 for pair, n in received.items() if n > 1},
     )

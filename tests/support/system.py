@@ -131,6 +131,10 @@ class WorkerProcesses:
     def in_flight(self) -> int:
         """Mails the server accepted whose delivery the ledger does not record as sent (yet): what a process
         killed right now may have sent without recording it, the only mails a successor may send again."""
+        return len(self.in_flight_pairs())
+
+    def in_flight_pairs(self) -> set[tuple[int, str]]:
+        """The (changeset id, address) of each mail counted by :meth:`in_flight`."""
         received = {(m.changeset_id, m.rcpt_tos[0]) for m in self.smtp.messages}
         with self.db.read() as s:
             sent = set(
@@ -140,18 +144,24 @@ class WorkerProcesses:
                     )
                 ).all()
             )
-        return len(received - {(cs, a) for cs, a in sent})
+        return received - {(cs, a) for cs, a in sent}
+
+    def freeze_counting(self, pid: int) -> tuple[set[tuple[int, str]], int]:
+        """:meth:`freeze`, returning the mails in flight as (their pairs, how many were begun and not
+        finished: those have no pair yet)."""
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(1.0)  # under CI load the server may take a while to read what was already sent
+        return self.in_flight_pairs(), self.smtp.open_transactions
 
     def freeze(self, pid: int) -> int:
         """SIGSTOP ``pid``, let the server take in what it had already written, and return the mails in
         flight: accepted by the server and not recorded as sent, or begun and not finished. Taken before
         any successor can act (leases are seconds long, a frozen process is not seen as dead), so it
         bounds what may be sent twice."""
-        os.kill(pid, signal.SIGSTOP)
-        time.sleep(1.0)  # under CI load the server may take a while to read what was already sent
         # Accepted but not recorded, plus begun and not finished (a frozen sender completes those when it
         # wakes; a killed one never does): an upper bound on what may come twice.
-        return self.in_flight() + self.smtp.open_transactions
+        pairs, begun = self.freeze_counting(pid)
+        return len(pairs) + begun
 
     def kill(self, pid: int) -> int:
         """Freeze ``pid`` (counting its mails in flight), then SIGKILL it; returns the count."""
