@@ -164,7 +164,7 @@ def chaos_env(
         "HERALD_SECRET_KEY": secrets.token_hex(24),
         "HERALD_SMTP_HOST": smtp.host,
         "HERALD_SMTP_PORT": str(smtp.port),
-        "HERALD_SMTP_TIMEOUT": "5",
+        "HERALD_SMTP_TIMEOUT": "15",  # a loaded machine must not turn a slow reply into a resend
         "HERALD_ASYNC_EMAILS": "all",
         "HERALD_NB_BACKEND_WORKERS": "2",
         "HERALD_LEASE_SECONDS": "2",
