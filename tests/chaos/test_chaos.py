@@ -91,5 +91,8 @@ def _summary(tag: str, stack: ChaosStack, load: Load, faults: Faults, outcome: O
         f"drain time={drain:.1f}s (from the last change to every notification settled; the last fault "
         f"ended {faults.finished - load.finished:+.1f}s after the last change)",
     ]
+    unnamed = sorted(pair for pair in outcome.duplicates if pair not in faults.suspects)
+    if unnamed:
+        lines.append(f"duplicates not named at a fault (changeset, address): {unnamed[:20]}")
     for line in lines:
         report(tag, line)
