@@ -7,15 +7,10 @@ default, so CI runs are repeatable). Every wait is on an event: mail received, r
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import random
-import signal
 import subprocess
-import sys
-import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +21,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from herald.config import Settings, ensure_secrets, load_settings
-from herald.outbox import Delivery, DeliveryStatus, Notification, NotificationState
+from herald.outbox import Notification, NotificationState
 from herald.tracker.db import Database
-from herald.tracker.models import WorkerHeartbeat, utcnow
 from herald.web import create_app
 from tests.support.redis_server import RedisServer
 from tests.support.smtp import SmtpServer
+from tests.support.system import Tally, WorkerProcesses
 from tests.support.tracker import World, build_world, make_database
 from tests.support.waiting import wait_until as _wait_until
 
@@ -42,28 +37,7 @@ wait_until = functools.partial(_wait_until, timeout=DEADLINE)
 
 
 @dataclass
-class Tally:
-    """Mail counted by Message-ID at the SMTP server: what arrived, what is missing, what came twice."""
-
-    expected: int
-    received: int
-    unique: int
-
-    @property
-    def lost(self) -> int:
-        return self.expected - self.unique
-
-    @property
-    def duplicated(self) -> int:
-        return self.received - self.unique
-
-    def line(self, name: str) -> str:
-        counts = f"sent={self.unique} lost={self.lost} duplicated={self.duplicated}"
-        return f"{name}: expected={self.expected} {counts}"
-
-
-@dataclass
-class Stack:
+class Stack(WorkerProcesses):
     """One herald installation under test."""
 
     env: dict[str, str]
@@ -78,46 +52,6 @@ class Stack:
     supervisors: list[subprocess.Popen[bytes]] = field(default_factory=list)
     artifacts: list[int] = field(default_factory=list)
     changesets: list[int] = field(default_factory=list)
-
-    # --- processes -----------------------------------------------------------------------------------
-
-    def start_workers(self, **env: str) -> subprocess.Popen[bytes]:
-        """``herald workers`` in a subprocess, as ``herald up`` starts it."""
-        clean = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
-        out = (self.tmp_path / f"supervisor-{len(self.supervisors)}.out").open("wb")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "herald", "workers"],
-            env={**clean, **self.env, **env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-        out.close()
-        self.supervisors.append(process)
-        return process
-
-    def stop_workers(self, process: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
-        process.send_signal(signal.SIGTERM)
-        return process.wait(timeout=timeout)
-
-    def worker_pids(self) -> dict[str, int]:
-        """Live workers by heartbeat name -> pid."""
-        now = utcnow()
-        with self.db.read() as s:
-            rows = s.execute(
-                select(WorkerHeartbeat.name, WorkerHeartbeat.pid, WorkerHeartbeat.expires_at).where(
-                    WorkerHeartbeat.kind == "worker"
-                )
-            ).all()
-        return {name: pid for name, pid, expires in rows if expires > now}
-
-    def wait_workers(self, count: int) -> dict[str, int]:
-        return wait_until(
-            lambda: (p := self.worker_pids()) and len(p) == count and p, f"{count} live workers"
-        )
-
-    def log(self) -> str:
-        path = self.settings.log_dir / "worker.log"
-        return path.read_text() if path.exists() else ""
 
     # --- the HTTP API --------------------------------------------------------------------------------
 
@@ -175,41 +109,6 @@ class Stack:
         ids = [str(m.message()["Message-ID"]) for m in self.smtp.messages]
         return Tally(expected=3 * len(self.changesets), received=len(ids), unique=len(set(ids)))
 
-    def in_flight(self) -> int:
-        """Mails the server accepted whose delivery the ledger does not record as sent (yet): what a process
-        killed right now may have sent without recording it, the only mails a successor may send again."""
-        received = {(int(m.message()["X-Herald-Changeset-ID"]), m.rcpt_tos[0]) for m in self.smtp.messages}
-        with self.db.read() as s:
-            sent = set(
-                s.execute(
-                    select(Delivery.changeset_id, Delivery.address).where(
-                        Delivery.status == DeliveryStatus.SENT
-                    )
-                ).all()
-            )
-        return len(received - {(cs, a) for cs, a in sent})
-
-    def freeze(self, pid: int) -> int:
-        """SIGSTOP ``pid``, let the server take in what it had already written, and return the mails in
-        flight: accepted by the server and not recorded as sent, or begun and not finished. Taken before
-        any successor can act (leases are seconds long, a frozen process is not seen as dead), so it
-        bounds what may be sent twice."""
-        os.kill(pid, signal.SIGSTOP)
-        time.sleep(1.0)  # under CI load the server may take a while to read what was already sent
-        # Accepted but not recorded, plus begun and not finished (a frozen sender completes those when it
-        # wakes; a killed one never does): an upper bound on what may come twice.
-        return self.in_flight() + self.smtp.open_transactions
-
-    def kill(self, pid: int) -> int:
-        """Freeze ``pid`` (counting its mails in flight), then SIGKILL it; returns the count."""
-        in_flight = self.freeze(pid)
-        os.kill(pid, signal.SIGKILL)
-        return in_flight
-
-    def duplicates(self) -> dict[str, int]:
-        ids = Counter(str(m.message()["Message-ID"]) for m in self.smtp.messages)
-        return {k: v for k, v in ids.items() if v > 1}
-
     def states(self) -> dict[str, int]:
         with self.db.read() as s:
             return {
@@ -231,17 +130,6 @@ class Stack:
             self.dump_stacks()
             raise
         return self.tally()
-
-    def dump_stacks(self) -> None:
-        """On a timeout: every live worker prints its threads' stacks (faulthandler, SIGUSR1) into the
-        supervisor's output, which is shown here, so a hang in CI says where it hangs."""
-        for pid in self.worker_pids().values():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGUSR1)
-        time.sleep(1.0)
-        for path in sorted(self.tmp_path.glob("supervisor-*.out")):
-            print(f"--- {path.name} (last 200 lines) ---")
-            print("\n".join(path.read_text(errors="replace").splitlines()[-200:]))
 
 
 def stack_env(
@@ -288,14 +176,7 @@ def make_stack(
 
     yield make
     for stack in stacks:
-        for process in stack.supervisors:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+        stack.stop_all_workers()
         stack.client.__exit__(None, None, None)
         stack.db.dispose()
 

@@ -45,9 +45,17 @@ class RedisServer:
         """A plain client for test set-up and inspection."""
         return redis.Redis.from_url(self.url, socket_timeout=5)
 
-    def start(self) -> None:
+    def start(self, *, fresh: bool = False) -> None:
+        """Start (if not running). ``fresh``: remove what it had persisted first (append-only file and
+        snapshot), so it comes back empty, as a server without persistence does after a crash."""
         if self.running:
             return
+        if fresh:
+            for path in [self.dir / "appendonlydir", self.dir / "dump.rdb"]:
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.exists():
+                    path.unlink()
         log = (self.dir / "redis.log").open("ab")
         self._process = subprocess.Popen(
             [
@@ -98,6 +106,14 @@ class RedisServer:
             self._process.wait()
         self._process = None
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash: what the append-only file had not written yet (up to a second) is lost."""
+        if self._process is None:
+            return
+        self._process.kill()
+        self._process.wait()
+        self._process = None
+
     def restart(self) -> None:
         self.stop()
         self.start()
@@ -111,6 +127,23 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         service_missing("redis-server is not on PATH")
     assert binary is not None
     server = RedisServer(binary, tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def own_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own (to kill, empty or restart at will), stopped afterwards."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        service_missing("redis-server is not on PATH")
+    assert binary is not None
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    server = RedisServer(binary, directory)
     server.start()
     try:
         yield server

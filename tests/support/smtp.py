@@ -18,6 +18,8 @@ Point herald at a server with ``smtp_settings(server, data_dir=tmp_path)``; for 
 ``ssl_context=server.client_ssl_context()`` to ``SmtpTransport``. Wait for mail with
 ``server.wait_for(n)`` (never sleep); script refusals with ``server.refuse_recipient(...)``,
 ``server.script_mail(...)`` and ``server.script_data(...)`` (which also takes ``DROP`` and ``HANG``);
+make it slow and flaky at random with ``server.misbehave(seed=..., delay=(lo, hi), flaky_rate=0.05)``; take it
+down and back with ``server.go_down()`` / ``server.come_back()``;
 count connections with ``server.connections`` (``max_open_connections`` at once), sends per time window
 with ``server.most_in_window(period)``; simulate an idle timeout with ``server.drop_connections()``.
 """
@@ -25,7 +27,9 @@ with ``server.most_in_window(period)``; simulate an idle timeout with ``server.d
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.util
+import random
 import shutil
 import socket
 import ssl
@@ -76,6 +80,22 @@ class ReceivedMail:
     tls: bool
     login: str | None
 
+    @functools.cached_property
+    def headers(self) -> EmailMessage:
+        """The received headers only, parsed once (cheap enough for thousands of mails)."""
+        parsed = BytesParser(policy=policy.default).parsebytes(self.data, headersonly=True)
+        assert isinstance(parsed, EmailMessage)
+        return parsed
+
+    @property
+    def message_id(self) -> str:
+        return str(self.headers["Message-ID"])
+
+    @property
+    def changeset_id(self) -> int:
+        """herald's ``X-Herald-Changeset-ID``."""
+        return int(self.headers["X-Herald-Changeset-ID"])
+
     def message(self) -> EmailMessage:
         """The received bytes parsed with ``policy.default``."""
         parsed = BytesParser(policy=policy.default).parsebytes(self.data)
@@ -104,6 +124,13 @@ class _Recorder:
         self.data_replies: deque[str] = deque()
         self.pipelining = False
         self.data_delay = 0.0  # seconds each DATA takes before its reply: a slow relay
+        # A relay that misbehaves at random (the chaos suite): DATA answered after a delay drawn from
+        # ``delay``, and a share ``flaky_rate`` of DATA answered with one of ``flaky_replies`` instead.
+        self.rng = random.Random(0)
+        self.delay: tuple[float, float] = (0.0, 0.0)
+        self.flaky_rate = 0.0
+        self.flaky_replies: tuple[str, ...] = ()
+        self.flaky_count = 0
 
     # connection bookkeeping, called by _RecordingSMTP
     def opened(self, proto: _RecordingSMTP) -> None:
@@ -159,10 +186,18 @@ class _Recorder:
         if self.data_delay:  # still in transaction meanwhile: counted in flight
             await asyncio.sleep(self.data_delay)
         with self.cond:
+            low, high = self.delay
+            delay = self.rng.uniform(low, high) if high > 0 else 0.0
+        if delay:
+            await asyncio.sleep(delay)
+        with self.cond:
             self.in_transaction.discard(id(session))
             self.data_count += 1
             self.data_times.append(time.monotonic())
             reply = self.data_replies.popleft() if self.data_replies else "250 2.0.0 OK: queued"
+            if reply.startswith("2") and self.flaky_rate and self.rng.random() < self.flaky_rate:
+                reply = self.rng.choice(self.flaky_replies)
+                self.flaky_count += 1
             if not reply.startswith("2"):
                 self.refused_data.append(bytes(envelope.original_content))
             else:
@@ -332,6 +367,29 @@ class SmtpServer:
         with self._rec.cond:
             self._rec.data_replies.extend(replies)
 
+    def misbehave(
+        self,
+        *,
+        seed: int,
+        delay: tuple[float, float] = (0.0, 0.0),
+        flaky_rate: float = 0.0,
+        flaky_replies: tuple[str, ...] = ("451 4.3.0 try again later", "421 4.3.2 service shutting down"),
+    ) -> None:
+        """From now on: answer each DATA after a delay drawn uniformly from ``delay`` (seconds; a slow
+        relay), and answer a share ``flaky_rate`` of them with one of ``flaky_replies`` (drawn with a
+        ``random.Random(seed)``) instead of accepting the message. Scripted replies come first."""
+        with self._rec.cond:
+            self._rec.rng = random.Random(seed)
+            self._rec.delay = delay
+            self._rec.flaky_rate = flaky_rate
+            self._rec.flaky_replies = flaky_replies
+
+    @property
+    def flaky_count(self) -> int:
+        """How many DATA were refused by :meth:`misbehave`'s random replies."""
+        with self._rec.cond:
+            return self._rec.flaky_count
+
     def drop_connections(self, timeout: float = DEFAULT_WAIT) -> None:
         """Close every client connection from the server side, as an idle timeout would; waits until gone."""
         rec = self._rec
@@ -353,10 +411,20 @@ class SmtpServer:
         if self._controller.loop.is_running():
             self._controller.stop()
 
-    def go_down(self) -> None:
-        """An outage: stop listening (new connections are refused) and drop every open connection."""
-        self.drop_connections()
-        self._controller.stop()
+    def go_down(self, timeout: float = 30.0) -> None:
+        """An outage: stop listening (new connections are refused), then drop every open connection."""
+        controller = self._controller
+        closed = threading.Event()
+
+        def stop_listening() -> None:
+            if controller.server is not None:
+                controller.server.close()  # first: clients would reconnect while the others are dropped
+            closed.set()
+
+        controller.loop.call_soon_threadsafe(stop_listening)
+        closed.wait(timeout)
+        self.drop_connections(timeout)
+        controller.stop()
 
     def come_back(self) -> None:
         """End an outage: listen again on the same port, keeping what was received so far."""

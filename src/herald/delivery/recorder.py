@@ -137,7 +137,10 @@ class Recorder:
         try:
             with self.db.write() as conn:
                 now = self._clock()
-                for items in groups.values():
+                # Rows locked in changeset order, as the lease keeper's renewal locks them: in different
+                # orders the two transactions deadlock on PostgreSQL, and a recorder chosen as the victim
+                # would leave mails already sent unrecorded (to be sent again).
+                for _, items in sorted(groups.items()):
                     results.extend(self._group(conn, items, now))
         except Exception as exc:  # the transaction failed: nothing of the batch was written
             log.warning("could not record the outcomes of %d delivery write(s): %s", len(batch), exc)

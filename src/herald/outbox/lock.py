@@ -187,7 +187,9 @@ def renew_all(conn: Connection, leases: Sequence[Lease], now: datetime) -> list[
     those still ours. One statement each, run every few seconds: the keeper must know which were renewed,
     so that a holder that lost its lock (it was frozen) does not believe it still has it."""
     renewed = []
-    for lease in leases:
+    # In changeset order, as every writer that locks several rows in one transaction (the recorder too):
+    # in different orders, two such transactions deadlock on PostgreSQL.
+    for lease in sorted(leases, key=lambda lease: lease.changeset_id):
         params = {"cs": lease.changeset_id, "b_fence": lease.fence, "until": lease.until(now)}
         if conn.execute(_RENEW, params).rowcount == 1:  # type: ignore[attr-defined]
             renewed.append(lease)
