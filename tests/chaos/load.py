@@ -109,7 +109,7 @@ class Load:
             if r.status_code == 201:
                 body = r.json()
                 with self._lock:
-                    self.created.append(body["artifact"]["id"])
+                    self.created.append(body["id"])
                     self.acknowledged.append(body["changeset_id"])
                 return
         else:
