@@ -29,7 +29,7 @@ def run(tmp_path: Path):
 def test_db_upgrade_creates_the_schema(run, tmp_path):
     result = run("db", "upgrade")
     assert result.exit_code == 0, result.output
-    assert "revision 0003" in result.output
+    assert "database at revision 0004" in result.output
     assert (tmp_path / "var" / "herald.db").exists()
 
 

@@ -16,4 +16,6 @@ def test_migrations_match_models(any_db):
 
 def test_upgrade_is_idempotent_and_reaches_head(any_db):
     upgrade(any_db.engine)
-    assert current_revision(any_db.engine) == head_revision(any_db.engine) == "0003"
+    head = head_revision(any_db.engine)
+    assert head is not None and head != "0003"  # the 0004 migrations are there
+    assert current_revision(any_db.engine) == head

@@ -1,13 +1,17 @@
-"""The workers' heartbeats as ``herald check``, the metrics and the admin page read them.
+"""The workers' heartbeats as ``herald check``, ``/healthz``, the metrics and the admin page read them.
 
 Each worker and supervisor writes a row in ``worker_heartbeats`` every few seconds (``herald.worker``
 writes them; ``ops`` may read the tracker database but not import the worker). A row past its
-``expires_at`` belongs to a process that died or hung.
+``expires_at`` belongs to a process that died or hung; a clean exit deletes its row. A worker's ``info``
+follows the contract documented on ``herald.worker.hooks.HeartbeatHook`` (readers tolerate missing keys).
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 
@@ -15,7 +19,93 @@ from herald.config import Settings
 from herald.tracker.db import Database
 from herald.tracker.models import WorkerHeartbeat, utcnow
 
-__all__ = ["alive", "live_worker_count"]
+__all__ = ["JobInHand", "ProcessView", "alive", "live_worker_count", "processes", "workers_wanted"]
+
+
+def workers_wanted(settings: Settings) -> int:
+    """How many workers one supervisor keeps: ``nb_backend_workers`` when ``async_emails`` names a project,
+    else at most one (the recovery worker). ``herald.worker.supervisor`` applies the same rule."""
+    if settings.async_emails.enabled:
+        return settings.nb_backend_workers
+    return min(1, settings.nb_backend_workers)
+
+
+@dataclass(frozen=True)
+class JobInHand:
+    job_id: str
+    changeset_id: int | None
+    since: float  # unix time the worker received it
+
+
+@dataclass(frozen=True)
+class ProcessView:
+    """One heartbeat row, read: who, whether it is still beating, and what it said last."""
+
+    name: str
+    kind: str
+    host: str
+    pid: int
+    started_at: datetime
+    beat_at: datetime
+    alive: bool
+    info: dict[str, Any]
+
+    def silent_for(self, now: datetime) -> float:
+        return max(0.0, (now - self.beat_at).total_seconds())
+
+    @property
+    def jobs(self) -> list[JobInHand]:
+        """The jobs in hand at its last beat, oldest first (garbage entries skipped)."""
+        found = []
+        for job in self.info.get("jobs") or []:
+            if not isinstance(job, dict):
+                continue
+            since = sane_time(job.get("since"))
+            if since is None:
+                continue
+            cs = job.get("changeset_id")
+            found.append(
+                JobInHand(str(job.get("job_id", "?"))[:64], cs if isinstance(cs, int) else None, since)
+            )
+        return sorted(found, key=lambda j: j.since)
+
+    @property
+    def relay(self) -> dict[str, Any]:
+        relay = self.info.get("relay")
+        return relay if isinstance(relay, dict) else {}
+
+    @property
+    def relay_down(self) -> bool:
+        """The worker's relay gate is closed (the SMTP relay refuses it)."""
+        return self.relay.get("up") is False
+
+
+def sane_time(value: object, now: float | None = None) -> float | None:
+    """A unix time that can be real (after 2020, not in the future by more than a minute), else None."""
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        return None
+    limit = (now if now is not None else utcnow().timestamp()) + 60
+    return float(value) if 1_577_836_800 <= value <= limit else None
+
+
+def processes(db: Database, *, now: datetime | None = None) -> list[ProcessView]:
+    """Every heartbeat row, live or not, by name."""
+    now = now or utcnow()
+    with db.read() as session:
+        rows = session.scalars(select(WorkerHeartbeat).order_by(WorkerHeartbeat.name)).all()
+        return [
+            ProcessView(
+                name=r.name,
+                kind=r.kind,
+                host=r.host,
+                pid=r.pid,
+                started_at=r.started_at,
+                beat_at=r.beat_at,
+                alive=r.expires_at > now,
+                info=r.info if isinstance(r.info, dict) else {},
+            )
+            for r in rows
+        ]
 
 
 def alive(db: Database, *, kind: str | None = None, now: datetime | None = None) -> list[WorkerHeartbeat]:

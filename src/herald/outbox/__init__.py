@@ -9,7 +9,17 @@ Imports ``tracker`` and ``config``.
 """
 
 from herald.outbox import ledger, lock, records
-from herald.outbox.backlog import UNFINISHED, Backlog, notification_detail, read_backlog, recent_notifications
+from herald.outbox.backlog import (
+    UNFINISHED,
+    Backlog,
+    Health,
+    Oldest,
+    RecentDeliveries,
+    notification_detail,
+    read_backlog,
+    read_health,
+    recent_notifications,
+)
 from herald.outbox.tables import Delivery, DeliveryStatus, Notification, NotificationState
 
 __all__ = [
@@ -17,12 +27,16 @@ __all__ = [
     "Backlog",
     "Delivery",
     "DeliveryStatus",
+    "Health",
     "Notification",
     "NotificationState",
+    "Oldest",
+    "RecentDeliveries",
     "ledger",
     "lock",
     "notification_detail",
     "read_backlog",
+    "read_health",
     "recent_notifications",
     "records",
 ]
