@@ -24,7 +24,7 @@ from datetime import datetime
 
 from herald.config import Settings
 from herald.ops.findings import CheckReport, Finding, Status
-from herald.ops.workers import ProcessView, processes, sane_time, workers_wanted
+from herald.ops.workers import ProcessView, expected_workers, processes, sane_time, workers_wanted
 from herald.outbox import Health, read_health
 from herald.queue import Queue, QueueError, QueueStats
 from herald.tracker.db import Database
@@ -195,23 +195,12 @@ def _read_processes(db: Database, report: CheckReport, now: datetime) -> list[Pr
 # --- rules --------------------------------------------------------------------------------------------
 
 
-def _expected_workers(settings: Settings, procs: list[ProcessView]) -> int:
-    """What the live supervisors say they keep (one per host), else what this configuration asks."""
-    wanted = [
-        p.info.get("workers_wanted")
-        for p in procs
-        if p.kind == "supervisor" and p.alive and isinstance(p.info.get("workers_wanted"), int)
-    ]
-    spawning = [w for w in wanted if w and w > 0]
-    return sum(spawning) if spawning else workers_wanted(settings)
-
-
 def _workers(settings: Settings, seen: _Seen, report: CheckReport, now: datetime) -> None:
     assert seen.procs is not None
     procs = seen.procs
     workers = [p for p in procs if p.kind == "worker"]
     live = [p for p in workers if p.alive]
-    expected = _expected_workers(settings, procs)
+    expected = expected_workers(settings, procs)
     report.perfdata["workers_alive"] = len(live)
     report.perfdata["workers_expected"] = expected
     report.facts["workers"] = [_worker_fact(p, now) for p in workers if _recent(p, now)]

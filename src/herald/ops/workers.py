@@ -19,7 +19,16 @@ from herald.config import Settings
 from herald.tracker.db import Database
 from herald.tracker.models import WorkerHeartbeat, utcnow
 
-__all__ = ["JobInHand", "ProcessView", "alive", "live_worker_count", "processes", "workers_wanted"]
+__all__ = [
+    "JobInHand",
+    "ProcessView",
+    "alive",
+    "expected_workers",
+    "live_worker_count",
+    "missing_parts",
+    "processes",
+    "workers_wanted",
+]
 
 
 def workers_wanted(settings: Settings) -> int:
@@ -78,6 +87,34 @@ class ProcessView:
     def relay_down(self) -> bool:
         """The worker's relay gate is closed (the SMTP relay refuses it)."""
         return self.relay.get("up") is False
+
+
+def expected_workers(settings: Settings, procs: list[ProcessView]) -> int:
+    """How many workers should be alive: what the live supervisors say they keep (one per host, summed),
+    else what this configuration asks of one supervisor."""
+    wanted = [
+        p.info.get("workers_wanted")
+        for p in procs
+        if p.kind == "supervisor" and p.alive and isinstance(p.info.get("workers_wanted"), int)
+    ]
+    spawning = [w for w in wanted if w and w > 0]
+    return sum(spawning) if spawning else workers_wanted(settings)
+
+
+def missing_parts(settings: Settings, procs: list[ProcessView]) -> dict[str, Any]:
+    """What ``/healthz`` reports as missing, without names, hosts or errors (it is unauthenticated):
+    ``workers`` (fewer alive than expected), ``outbox-relay`` (no live supervisor or ``herald relay``
+    while workers are wanted), ``smtp-relay`` (every live worker finds the SMTP relay unusable)."""
+    expected = expected_workers(settings, procs)
+    live = [p for p in procs if p.kind == "worker" and p.alive]
+    missing: list[str] = []
+    if len(live) < expected:
+        missing.append("workers")
+    if workers_wanted(settings) and not any(p.kind == "supervisor" and p.alive for p in procs):
+        missing.append("outbox-relay")
+    if live and all(p.relay_down for p in live):
+        missing.append("smtp-relay")
+    return {"missing": missing, "workers": {"alive": len(live), "expected": expected}}
 
 
 def sane_time(value: object, now: float | None = None) -> float | None:
