@@ -163,7 +163,7 @@ def test_dead_notifications_warn_and_growth_is_told(setup):
     _changeset(db, world, state=NotificationState.DEAD)
     report = run_check(settings, db, queue)
     assert codes(report) == {"dead-letters": Status.WARNING}
-    assert "1 notification(s) dead-lettered, 1 in the last 2 min" in report.summary()
+    assert "1 dead letter(s), 1 in the last 2 min" in report.summary()
     assert "herald queue dead" in report.findings[0].next_step
 
 
@@ -280,7 +280,7 @@ def test_late_mail_is_reported(setup):
     report = run_check(settings, db, queue)
     assert codes(report) == {"mail-late": Status.WARNING}
     assert (
-        f"1 of the last 2 mail(s) sent in 2 min 0 s went out more than 60 s after their change "
+        f"1 of the last 2 mail(s) sent in the last 2 min went out more than 60 s after their change "
         f"(worst: changeset {cs}, 2 min 30 s)" in report.summary()
     )
 
@@ -293,6 +293,15 @@ def test_no_outbox_relay_is_reported(setup):
     assert "the supervisor on box stopped beating 30 s ago" in report.summary()
     _changeset(db, world, age_seconds=40)
     assert codes(run_check(settings, db, queue))["outbox-relay-down"] is Status.CRITICAL
+
+
+def test_a_supervisor_whose_loop_is_stuck_is_reported(setup):
+    settings, db, _world, queue = setup
+    info = {"workers_wanted": 2, "loop_at": utcnow().timestamp() - 90}
+    beat(db, "box:supervisor", "supervisor", info=info, pid=77)
+    report = run_check(settings, db, queue)
+    assert codes(report) == {"outbox-relay-down": Status.WARNING}
+    assert "(pid 77) beats but its loop has not turned for 1 min 30 s" in report.summary()
 
 
 def test_a_recent_supervisor_restart_is_reported(setup):

@@ -34,6 +34,8 @@ __all__ = ["CheckReport", "Finding", "Status", "age_text", "run_check"]
 
 #: Heartbeat rows silent for longer than this are history (a decommissioned host), not a finding.
 SILENT_HORIZON_SECONDS = 3600.0
+#: A supervisor whose loop has not turned for this long is stuck (it turns five times a second).
+SUPERVISOR_STUCK_SECONDS = 30.0
 #: Share of 4xx answers among the latest recipients: WARNING from the first, CRITICAL from the second.
 SHARE_4XX_WARNING = 0.25
 SHARE_4XX_CRITICAL = 0.75
@@ -54,8 +56,9 @@ def window_seconds(settings: Settings) -> float:
 
 
 def pending_grace_seconds(settings: Settings) -> float:
-    """How long a ``pending`` row may wait before it counts as never pushed (the relay pushes after 2 s)."""
-    return float(min(30, settings.stale_after_seconds))
+    """How long a ``pending`` row may wait before it counts as never pushed: half ``stale_after_seconds``,
+    between 5 and 30 s (the front end pushes at once, the relay after 2 s)."""
+    return float(min(30, max(5, settings.stale_after_seconds / 2)))
 
 
 def age_text(seconds: float) -> str:
@@ -64,10 +67,10 @@ def age_text(seconds: float) -> str:
     if s < 60:
         return f"{s} s"
     if s < 3600:
-        return f"{s // 60} min {s % 60} s"
+        return f"{s // 60} min" + (f" {s % 60} s" if s % 60 else "")
     if s < 86400:
-        return f"{s // 3600} h {s % 3600 // 60} min"
-    return f"{s // 86400} d {s % 86400 // 3600} h"
+        return f"{s // 3600} h" + (f" {s % 3600 // 60} min" if s % 3600 // 60 else "")
+    return f"{s // 86400} d" + (f" {s % 86400 // 3600} h" if s % 86400 // 3600 else "")
 
 
 def _sane_age(value: float) -> float:
@@ -308,14 +311,19 @@ def _supervisor(settings: Settings, seen: _Seen, report: CheckReport, now: datet
                 "herald.log: `supervisor (pid …) exited with …; restarting it`; the lines of worker.log "
                 "just before say why it died",
             )
-    if workers_wanted(settings) == 0 or live:
+    turning = [p for p in live if _loop_age(p, now) <= SUPERVISOR_STUCK_SECONDS]
+    if workers_wanted(settings) == 0 or turning:
         return
     silent = [p for p in supervisors if p.silent_for(now) <= SILENT_HORIZON_SECONDS]
-    gone = (
-        f"the supervisor on {silent[0].host} stopped beating {age_text(silent[0].silent_for(now))} ago"
-        if silent
-        else "no supervisor (herald up, herald workers) or herald relay is running"
-    )
+    if live:
+        gone = (
+            f"the supervisor on {live[0].host} (pid {live[0].pid}) beats but its loop has not turned for "
+            f"{age_text(_loop_age(live[0], now))} (stuck: `kill -USR1 {live[0].pid}` shows where)"
+        )
+    elif silent:
+        gone = f"the supervisor on {silent[0].host} stopped beating {age_text(silent[0].silent_for(now))} ago"
+    else:
+        gone = "no supervisor (herald up, herald workers) or herald relay is running"
     pushed_late = seen.health is not None and seen.health.never_pushed > 0
     report.add(
         Status.CRITICAL if pushed_late else Status.WARNING,
@@ -324,6 +332,12 @@ def _supervisor(settings: Settings, seen: _Seen, report: CheckReport, now: datet
         "start `herald up`, `herald workers` or `systemctl start herald-relay.service`; worker.log "
         "says why the last one stopped",
     )
+
+
+def _loop_age(p: ProcessView, now: datetime) -> float:
+    """Seconds since the supervisor's main loop last turned (0 when it does not say)."""
+    at = sane_time(p.info.get("loop_at"), now.timestamp())
+    return 0.0 if at is None else max(0.0, now.timestamp() - at)
 
 
 def _smtp_relay(procs: list[ProcessView], report: CheckReport, now: datetime) -> None:
@@ -357,8 +371,8 @@ def _ledger(settings: Settings, health: Health, report: CheckReport) -> None:
         report.add(
             Status.CRITICAL if share >= SHARE_4XX_CRITICAL else Status.WARNING,
             "smtp-4xx",
-            f"{recent.transient} of the last {answered} recipient(s) answered in {window} were deferred "
-            f"with a 4xx ({share:.0%}), e.g. {(recent.transient_reply or '')[:200]!r}",
+            f"{recent.transient} of the last {answered} recipient(s) answered in the last {window} were "
+            f"deferred with a 4xx ({share:.0%}), e.g. {(recent.transient_reply or '')[:200]!r}",
             "the relay defers mail (greylisting, rate limit, full disk, policy): read its logs; worker.log: "
             "`delivery failed … will retry`; herald retries each recipient with backoff up to "
             "delivery_max_age",
@@ -367,7 +381,7 @@ def _ledger(settings: Settings, health: Health, report: CheckReport) -> None:
         report.add(
             Status.WARNING,
             "mail-late",
-            f"{recent.late} of the last {recent.sent} mail(s) sent in {window} went out more than "
+            f"{recent.late} of the last {recent.sent} mail(s) sent in the last {window} went out more than "
             f"{settings.stale_after_seconds} s after their change "
             f"(worst: changeset {recent.worst_changeset}, {age_text(recent.worst_latency)})",
             "something held them: see the other findings (workers, queue, relay); if there are none, the "
@@ -422,7 +436,7 @@ def _dead_letters(settings: Settings, seen: _Seen, report: CheckReport) -> None:
     report.add(
         Status.CRITICAL if new >= DEAD_OUTBREAK else Status.WARNING,
         "dead-letters",
-        f"{count} notification(s) dead-lettered{growth}: they will not be delivered unless retried",
+        f"{count} dead letter(s){growth}: their notifications are not delivered unless retried",
         "`herald queue dead` gives each reason; fix the cause, then `herald queue retry --all` "
         "(or `herald queue purge`)",
     )

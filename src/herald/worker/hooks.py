@@ -218,7 +218,12 @@ class HeartbeatHook(Hook):
 
     def job_received(self, worker: Worker, job: Job) -> None:
         with self._lock:
+            was_idle = not self._busy
             self._busy[job.id] = (job.changeset_id, time.time())
+        if was_idle and self._beat is not None:
+            # Publish "busy" now, not up to a beat later: a worker frozen on its first job is then seen
+            # holding it. A busy worker takes jobs without extra beats.
+            self._beat.poke()
 
     def job_settled(self, worker: Worker, result: JobResult) -> None:
         with self._lock:

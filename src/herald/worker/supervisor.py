@@ -96,8 +96,13 @@ class Supervisor:
         db: Database | None = None,
         queue: Queue | None = None,
         parent_pid: int | None = None,
+        up_restarts: int = 0,
     ) -> None:
         self.settings = settings
+        #: How many times ``herald up`` had to restart the supervisor before this one (in its heartbeat).
+        self.up_restarts = up_restarts
+        #: Wall-clock time of the main loop's last turn (in its heartbeat: a stuck loop shows).
+        self.loop_at = time.time()
         self.command = list(command)
         self.spawn = spawn
         self.wanted = workers_wanted(settings) if spawn else 0
@@ -141,6 +146,7 @@ class Supervisor:
                     log.warning("the process that started the supervisor is gone; stopping")
                     break
                 now = time.monotonic()
+                self.loop_at = time.time()
                 for slot in self.slots:
                     self._tend(slot, now)
                 if now >= next_maintenance:
@@ -209,6 +215,8 @@ class Supervisor:
             "restarts": self.restarts,
             "relay": self.relay_enabled,
             "pids": [slot.process.pid for slot in self.slots if slot.process is not None],
+            "up_restarts": self.up_restarts,
+            "loop_at": round(self.loop_at, 3),
         }
 
     def _forget_surplus(self) -> None:
