@@ -210,11 +210,14 @@ def test_dead_letters(checked):
     stack.wait_workers(2)
     client = stack.redis.client()
     since = time.monotonic()
-    client.xadd(RedisKeys(stack.settings.redis_namespace).stream, {JOB_FIELD: b'{"v": 1, "id": "nope"}'})
+    keys = RedisKeys(stack.settings.redis_namespace)
+    client.xadd(keys.stream, {JOB_FIELD: b'{"v": 1, "id": "nope"}'})
+    client.zadd(keys.live, {"garbage-enqueue-time": 0})  # 1970: the oldest age must not read 57 years
     client.close()
     elapsed, _ = detect(stack, "dead-letters", since, "WARNING")
     rc, lines = assert_reported(stack, "dead-letters", 1)
     assert "1 dead letter(s)" in lines[0]
+    assert "queue_oldest_age_s=0.0" in lines[0]
     record("dead letters", elapsed, rc, lines, "dead-letters")
 
 

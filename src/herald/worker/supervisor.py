@@ -48,6 +48,7 @@ from herald.tracker.db import Database
 from herald.tracker.models import WorkerHeartbeat, utcnow
 from herald.worker.heartbeat import Heartbeat, forget, process_name
 from herald.worker.relay import Relay
+from herald.worker.sdnotify import Notifier
 
 __all__ = ["Supervisor", "workers_wanted"]
 
@@ -139,6 +140,8 @@ class Supervisor:
         self._forget_surplus()
         heartbeat = Heartbeat(self.db, self.name, "supervisor", self._info)
         heartbeat.start()
+        systemd = Notifier()
+        systemd.ready()
         next_maintenance = 0.0
         try:
             while not self._stop.is_set():
@@ -147,6 +150,7 @@ class Supervisor:
                     break
                 now = time.monotonic()
                 self.loop_at = time.time()
+                systemd.watchdog()  # a loop that stops turning gets this process restarted (WatchdogSec)
                 for slot in self.slots:
                     self._tend(slot, now)
                 if now >= next_maintenance:
@@ -154,6 +158,7 @@ class Supervisor:
                     next_maintenance = now + MAINTENANCE_SECONDS
                 self._stop.wait(TICK_SECONDS)
         finally:
+            systemd.stopping()
             self._shutdown()
             heartbeat.stop()
             for close in (self.queue.close, self.db.dispose):
