@@ -116,7 +116,8 @@ def test_up_warns_in_one_line_when_the_smtp_relay_is_unusable(tmp_path: Path, cl
         )
         assert line.startswith(f"WARNING: SMTP relay 127.0.0.1:{closed_port} is unusable (")
         assert "herald test-send ADDRESS" in line
-        assert "SMTP relay" in (tmp_path / "var" / "log" / "herald.log").read_text()
+        log = tmp_path / "var" / "log" / "herald.log"
+        wait_until(lambda: "SMTP relay" in log.read_text(), "the warning in herald.log")
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)

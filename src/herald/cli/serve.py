@@ -121,8 +121,8 @@ def _warn_if_smtp_unusable(settings: Settings) -> None:
                 f"SMTP relay {settings.smtp_host}:{settings.smtp_port} is unusable ({reason}); mail waits "
                 "until it works (herald doctor, herald test-send ADDRESS)"
             )
-            click.echo(f"WARNING: {line}", err=True)
             logging.getLogger("herald.up").warning("%s", line)
+            click.echo(f"WARNING: {line}", err=True)
 
     threading.Thread(target=probe, name="smtp-probe", daemon=True).start()
 

@@ -25,7 +25,7 @@ from datetime import datetime
 from herald.config import Settings
 from herald.ops.findings import CheckReport, Finding, Status
 from herald.ops.workers import ProcessView, expected_workers, processes, sane_time, workers_wanted
-from herald.outbox import Health, read_health
+from herald.outbox.backlog import Health, count_text, read_health
 from herald.queue import Queue, QueueError, QueueStats
 from herald.tracker.db import Database
 from herald.tracker.models import utcnow
@@ -226,7 +226,8 @@ def _workers(settings: Settings, seen: _Seen, report: CheckReport, now: datetime
             report.add(
                 Status.CRITICAL,
                 "no-worker",
-                f"no backend worker is alive (0 of {expected}); {unfinished} notification(s) undelivered",
+                f"no backend worker is alive (0 of {expected}); {count_text(unfinished)} notification(s) "
+                "undelivered",
                 start,
             )
         elif len(live) < expected:
@@ -410,16 +411,16 @@ def _backlog(settings: Settings, seen: _Seen, report: CheckReport) -> None:
         report.add(
             Status.CRITICAL if age > 10 * limit else Status.WARNING,
             "backlog-stale",
-            f"{health.stale} notification(s) undelivered for more than {limit} s; the oldest, changeset "
-            f"{oldest.changeset_id}, is {oldest.state} for {age_text(age)}",
+            f"{count_text(health.stale)} notification(s) undelivered for more than {limit} s; the oldest, "
+            f"changeset {oldest.changeset_id}, is {oldest.state} for {age_text(age)}",
             _NEXT_BY_STATE.get(oldest.state, "`herald queue stats`").format(cs=oldest.changeset_id),
         )
     if health.never_pushed:
         report.add(
             Status.WARNING,
             "never-pushed",
-            f"{health.never_pushed} notification(s) committed but not handed to the queue for over "
-            f"{pending_grace_seconds(settings):g} s (oldest {age_text(health.oldest_pending_age)})",
+            f"{count_text(health.never_pushed)} notification(s) committed but not handed to the queue for "
+            f"over {pending_grace_seconds(settings):g} s (oldest {age_text(health.oldest_pending_age)})",
             "the outbox relay pushes them every second: is the supervisor (or herald relay) running, and "
             "the queue reachable? worker.log: `relay pushed` / `relay paused`",
         )

@@ -8,19 +8,21 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, func, literal, select
 from sqlalchemy.orm import Session
 
 from herald.outbox.tables import Delivery, DeliveryStatus, Notification, NotificationState
 from herald.tracker.models import utcnow
 
 __all__ = [
+    "COUNT_CAP",
     "RECENT_SAMPLE",
     "UNFINISHED",
     "Backlog",
     "Health",
     "Oldest",
     "RecentDeliveries",
+    "count_text",
     "notification_detail",
     "read_backlog",
     "read_health",
@@ -77,15 +79,35 @@ _OLDEST = (
 )
 
 
-def _count_older(session: Session, states: Sequence[NotificationState], cutoff: datetime) -> int:
-    return (
-        session.scalar(
-            select(func.count())
-            .select_from(Notification)
-            .where(Notification.state.in_(states), Notification.created_at < cutoff)
-        )
-        or 0
-    )
+def _count_older(
+    session: Session, states: Sequence[NotificationState], cutoff: datetime, cap: int | None = None
+) -> int:
+    """Rows of ``states`` created before ``cutoff``; with ``cap``, counting stops past it (cap + 1)."""
+    query = select(literal(1)).where(Notification.state.in_(states), Notification.created_at < cutoff)
+    if cap is not None:
+        query = query.limit(cap + 1)
+    return session.scalar(select(func.count()).select_from(query.subquery())) or 0
+
+
+#: ``read_health`` counts at most this many rows of a state (a bounded index read whatever the backlog,
+#: and whatever the history: ``done`` rows are never counted); a count past it reads "more than".
+COUNT_CAP = 10_000
+
+_COUNT_STATE = select(func.count()).select_from(
+    select(literal(1)).where(Notification.state == bindparam("state")).limit(COUNT_CAP + 1).subquery()
+)
+
+
+def _capped_state_counts(session: Session) -> dict[str, int]:
+    """How many rows in each state but ``done``, each count stopping past :data:`COUNT_CAP`."""
+    counts = {}
+    for state in NotificationState:
+        if state is NotificationState.DONE:
+            continue
+        count = session.scalar(_COUNT_STATE, {"state": state}) or 0
+        if count:
+            counts[state.value] = count
+    return counts
 
 
 def _state_counts(session: Session) -> dict[str, int]:
@@ -151,7 +173,8 @@ class RecentDeliveries:
 
 @dataclass(frozen=True)
 class Health:
-    """Everything ``herald check`` reads from the outbox and the ledger, each figure from an index."""
+    """Everything ``herald check`` reads from the outbox and the ledger, each figure from an index. Counts
+    stop past :data:`COUNT_CAP` (``done`` rows are not counted at all): see :func:`count_text`."""
 
     states: dict[str, int]
     oldest: Oldest | None
@@ -215,6 +238,11 @@ def _aware(value: datetime, now: datetime) -> datetime:
     return value.replace(tzinfo=now.tzinfo) if value.tzinfo is None else value
 
 
+def count_text(count: int) -> str:
+    """A count of :func:`read_health` in words: ``"42"``, or ``"more than 10000"`` past the cap."""
+    return f"more than {COUNT_CAP}" if count > COUNT_CAP else str(count)
+
+
 def read_health(
     session: Session,
     *,
@@ -233,7 +261,7 @@ def read_health(
       against ``stale_after_seconds``.
     """
     now = now or utcnow()
-    states = _state_counts(session)
+    states = _capped_state_counts(session)
     present = [s for s in UNFINISHED if states.get(s.value)]
     oldest_rows = _oldest_per_state(session, present)
     oldest = None
@@ -243,13 +271,16 @@ def read_health(
         cs, created, state = min(oldest_rows, key=lambda r: (r[1], r[0]))
         oldest = Oldest(cs, state, _age(created, now))
         if oldest.age > stale_after_seconds:
-            stale = _count_older(session, present, now - timedelta(seconds=stale_after_seconds))
+            stale = _count_older(session, present, now - timedelta(seconds=stale_after_seconds), COUNT_CAP)
         for _cs, created, state in oldest_rows:
             if state == NotificationState.PENDING.value:
                 pending_age = _age(created, now)
         if pending_age > pending_grace_seconds:
             never_pushed = _count_older(
-                session, [NotificationState.PENDING], now - timedelta(seconds=pending_grace_seconds)
+                session,
+                [NotificationState.PENDING],
+                now - timedelta(seconds=pending_grace_seconds),
+                COUNT_CAP,
             )
     new_dead = 0
     if states.get(NotificationState.DEAD.value):
