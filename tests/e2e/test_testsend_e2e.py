@@ -129,3 +129,18 @@ def test_malformed_addresses_are_refused(make_stack: Callable[..., Stack]):
     for bad in ("not-an-address", "a@b.c\r\nBcc: x@y.z", "two@x.org, three@y.org"):
         r = test_send(stack, bad)
         assert r.returncode == 1 and "test-send: ADDRESS" in r.stderr, (bad, r.stderr)
+
+
+def test_inline_mode_with_the_relay_down_says_so_at_once(make_stack: Callable[..., Stack]):
+    stack = make_stack(HERALD_ASYNC_EMAILS="false")
+    stack.smtp.go_down()
+    try:
+        r = test_send(stack, "frank@example.org")
+    finally:
+        stack.smtp.come_back()
+    assert r.returncode == 1
+    assert (
+        "stopped at smtp: the inline delivery did not send it (the notification is retrying: relay: "
+        in r.stdout
+    )
+    assert "cannot reach SMTP server" in r.stdout

@@ -212,7 +212,14 @@ def follow(
         if state is NotificationState.DONE and delivery is None:
             trace.stopped = f"plan: {address} was not among the recipients (an inactive user?)"
             return trace
-        if relay_state is not None and asynchronous and "worker" in passed:
+        if not asynchronous:  # the inline delivery ran in after_commit: what the ledger says is final
+            why = reply or last_error or "no reply recorded"
+            trace.stopped = (
+                f"smtp: the inline delivery did not send it (the notification is {_state(state)}: {why}); "
+                "the recovery worker retries it"
+            )
+            return trace
+        if relay_state is not None and "worker" in passed:
             down = [(name, error) for name, up, error in relay_state() if not up]
             if down:
                 trace.stopped = f"smtp: the relay is unusable ({down[0][1]}), as {down[0][0]} found"
