@@ -110,7 +110,9 @@ def test_up_warns_in_one_line_when_the_smtp_relay_is_unusable(tmp_path: Path, cl
         )
     try:
         line = wait_until(
-            lambda: next((x for x in out.read_text().splitlines() if "SMTP relay" in x), None),
+            lambda: next(
+                (x for x in out.read_text().splitlines() if x.startswith("WARNING: SMTP relay")), None
+            ),
             "the SMTP warning",
             timeout=30,
         )
