@@ -48,21 +48,24 @@ def checked(make_stack: Callable[..., Stack]) -> Callable[..., Stack]:
     return make
 
 
-def detect(stack: Stack, code: str, since: float, status: str | None = None) -> tuple[float, CheckReport]:
-    """Poll the check until it reports ``code`` (with ``status``); the seconds since ``since`` and the
-    report. Fails past ``stale_after_seconds``."""
+def detect(
+    stack: Stack, code: str | set[str], since: float, status: str | None = None, *, bound: float = STALE
+) -> tuple[float, CheckReport]:
+    """Poll the check until it reports ``code`` (or one of the codes, with ``status``); the seconds since
+    ``since`` and the report. Fails past ``bound`` (``stale_after_seconds``)."""
+    codes = {code} if isinstance(code, str) else code
     with make_queue(stack.settings) as queue:
 
         def found() -> CheckReport | None:
             report = run_check(stack.settings, stack.db, queue, redis_probe=False)
             hit = [
-                f for f in report.findings if f.code == code and (status is None or f.status.name == status)
+                f for f in report.findings if f.code in codes and (status is None or f.status.name == status)
             ]
             return report if hit else None
 
-        report = wait_until(found, f"herald check to report {code}", timeout=STALE + 5)
+        report = wait_until(found, f"herald check to report {sorted(codes)}", timeout=bound + 5)
     elapsed = time.monotonic() - since
-    assert elapsed <= STALE, f"{code} took {elapsed:.1f}s to show, more than stale_after_seconds = {STALE}"
+    assert elapsed <= bound, f"{sorted(codes)} took {elapsed:.1f}s to show, more than {bound}s"
     return elapsed, report
 
 
@@ -298,7 +301,10 @@ def test_the_supervisor_killed_inside_herald_up(checked, tmp_path: Path):
             first = s.scalar(select(WorkerHeartbeat.pid).where(WorkerHeartbeat.kind == "supervisor"))
         os.kill(first, signal.SIGKILL)
         since = time.monotonic()
-        elapsed, _ = detect(stack, "supervisor-restarted", since, "WARNING")
+        # First the gap (its workers exit with it: no-worker), then the new supervisor's heartbeat says
+        # it was restarted; the second needs a new Python process to start, slow on a loaded machine.
+        elapsed, _ = detect(stack, {"no-worker", "outbox-relay-down", "supervisor-restarted"}, since)
+        detect(stack, "supervisor-restarted", since, "WARNING", bound=3 * STALE)
         log = (stack.settings.log_dir / "herald.log").read_text()
         assert f"supervisor (pid {first}) exited with signal SIGKILL" in log
         assert "(restart 1)" in log
