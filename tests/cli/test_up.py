@@ -87,3 +87,39 @@ def test_up_demo_serves_notifies_inline_and_stops_cleanly(herald_up):
 
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=40) == 0
+
+
+def test_up_warns_in_one_line_when_the_smtp_relay_is_unusable(tmp_path: Path, closed_port: int):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+    env.update(
+        HERALD_DATA_DIR=str(tmp_path / "var"),
+        HERALD_SMTP_HOST="127.0.0.1",
+        HERALD_SMTP_PORT=str(closed_port),
+        HERALD_SMTP_TIMEOUT="2",
+        HERALD_NB_BACKEND_WORKERS="0",
+    )
+    out = tmp_path / "up.out"
+    with out.open("wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "herald", "up", "--port", str(port)],
+            cwd=tmp_path,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        line = wait_until(
+            lambda: next(
+                (x for x in out.read_text().splitlines() if x.startswith("WARNING: SMTP relay")), None
+            ),
+            "the SMTP warning",
+            timeout=30,
+        )
+        assert line.startswith(f"WARNING: SMTP relay 127.0.0.1:{closed_port} is unusable (")
+        assert "herald test-send ADDRESS" in line
+        log = tmp_path / "var" / "log" / "herald.log"
+        wait_until(lambda: "SMTP relay" in log.read_text(), "the warning in herald.log")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)

@@ -16,4 +16,4 @@ def test_migrations_match_models(any_db):
 
 def test_upgrade_is_idempotent_and_reaches_head(any_db):
     upgrade(any_db.engine)
-    assert current_revision(any_db.engine) == head_revision(any_db.engine) == "0006_leader_leases"
+    assert current_revision(any_db.engine) == head_revision(any_db.engine) == "0007_check"

@@ -128,7 +128,14 @@ class TestHappyPaths:
         assert api.client.get(f"/api/users/{uid}", headers=api.as_user("carol")).status_code == 404
 
     def test_healthz_and_openapi(self, api: Api):
-        assert api.client.get("/healthz").json() == {"status": "ok", "database": "ok"}
+        r = api.client.get("/healthz")  # no worker runs here: the recovery worker and relay are missing
+        assert r.status_code == 503
+        assert r.json() == {
+            "status": "degraded",
+            "database": "ok",
+            "missing": ["workers", "outbox-relay"],
+            "workers": {"alive": 0, "expected": 1},
+        }
         spec = api.client.get("/openapi.json").json()
         for path in [
             "/api/users",

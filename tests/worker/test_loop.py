@@ -265,3 +265,32 @@ def test_a_worker_beats_while_it_runs_and_removes_its_heartbeat_when_it_stops(po
     assert beat.name == worker.consumer and beat.info["state"] in ("idle", "busy")
     pool.stop(worker)
     assert alive(pool.bed.db, kind="worker") == []
+
+
+def test_the_heartbeat_follows_the_info_contract(pool: Pool):
+    """What herald check, /healthz, the metrics and the console read (docs/operations.md, Heartbeats)."""
+    worker = pool.start(relay=Slow(make_pool(pool.bed.settings, max_connections=4), 1.0))
+    wait_until(lambda: alive(pool.bed.db, kind="worker"), "a heartbeat")
+    cs = pool.push()
+
+    def busy():
+        beats = alive(pool.bed.db, kind="worker")
+        return beats and beats[0].info["jobs"] and beats[0].info
+
+    info = wait_until(
+        busy, "the heartbeat to show the job in hand (the first beat after an idle worker takes one)"
+    )
+    assert info["state"] == "busy" and info["busy"] == 1 and info["slots"] == worker.concurrency
+    (job,) = info["jobs"]
+    assert job["changeset_id"] == cs and isinstance(job["job_id"], str)
+    assert abs(job["since"] - time.time()) < 30
+    assert info["relay"]["up"] is True and info["relay"]["last_error"] is None
+    assert isinstance(info["relay"]["since"], float)
+    wait_until(lambda: pool.done(cs), "the delivery")
+
+    def idle():
+        beats = alive(pool.bed.db, kind="worker")
+        return beats and beats[0].info["done"] == 1 and beats[0].info
+
+    info = wait_until(idle, "the job counted as done")
+    assert info["state"] == "idle" and info["jobs"] == [] and info["failed"] == 0

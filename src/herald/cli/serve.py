@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -97,14 +98,33 @@ def seed_demo(settings: Settings) -> dict[str, str] | None:
     return tokens
 
 
-def _start_supervisor(ctx: Context, settings: Settings) -> subprocess.Popen[bytes]:
+def _start_supervisor(ctx: Context, settings: Settings, restarts: int = 0) -> subprocess.Popen[bytes]:
     args = [sys.executable, "-m", "herald"]
     if ctx.config_path:
         args += ["--config", ctx.config_path]
     # Workers render the mails of async projects: they must use the base_url this process settled on.
     env = {**os.environ, "HERALD_BASE_URL": settings.base_url, "HERALD_MAIL_DOMAIN": settings.mail_domain}
     # --supervised: the supervisor stops itself if this process dies without passing SIGTERM on.
-    return subprocess.Popen([*args, "workers", "--supervised"], env=env)
+    return subprocess.Popen([*args, "workers", "--supervised", "--up-restarts", str(restarts)], env=env)
+
+
+def _warn_if_smtp_unusable(settings: Settings) -> None:
+    """Probe the SMTP relay in the background (a dead host may take smtp_timeout); one line if unusable."""
+    import threading
+
+    from herald.cli.upkeep import probe_smtp
+
+    def probe() -> None:
+        reason = probe_smtp(settings)
+        if reason is not None:
+            line = (
+                f"SMTP relay {settings.smtp_host}:{settings.smtp_port} is unusable ({reason}); mail waits "
+                "until it works (herald doctor, herald test-send ADDRESS)"
+            )
+            logging.getLogger("herald.up").warning("%s", line)
+            click.echo(f"WARNING: {line}", err=True)
+
+    threading.Thread(target=probe, name="smtp-probe", daemon=True).start()
 
 
 def _workers_phrase(settings: Settings) -> str:
@@ -135,7 +155,11 @@ def up(ctx: Context, demo: bool, host: str | None, port: int | None) -> None:
         if tokens:
             saved = settings.data_dir / "demo-tokens.json"
             click.echo(f"demo: seeded project {DEMO_PROJECT!r}; user tokens in {saved}")
-    supervisor = _start_supervisor(ctx, settings)
+    from herald.cli.upkeep import SupervisorKeeper
+
+    keeper = SupervisorKeeper(
+        lambda restarts: _start_supervisor(ctx, settings, restarts), settings.worker_grace_seconds
+    )
     mail = (
         f"SMTP {settings.smtp_host}:{settings.smtp_port}"
         if settings.smtp_host
@@ -149,14 +173,11 @@ def up(ctx: Context, demo: bool, host: str | None, port: int | None) -> None:
     )
     for warning in mismatches(settings):
         click.echo(f"WARNING: {warning}")
+    _warn_if_smtp_unusable(settings)
     try:
         _serve(settings, sock)
     finally:
-        supervisor.send_signal(signal.SIGTERM)
-        try:
-            supervisor.wait(timeout=settings.worker_grace_seconds + 5)
-        except subprocess.TimeoutExpired:
-            supervisor.kill()
+        keeper.stop()
 
 
 COMMANDS = [serve, up]

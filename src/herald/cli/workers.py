@@ -52,8 +52,9 @@ def worker(ctx: Context, worker_id: int, supervised: bool) -> None:
 
 @click.command("workers")
 @click.option("--supervised", is_flag=True, hidden=True, help="Stop when the parent process goes away.")
+@click.option("--up-restarts", type=click.IntRange(0), default=0, hidden=True, help="Set by herald up.")
 @pass_ctx
-def workers(ctx: Context, supervised: bool) -> None:
+def workers(ctx: Context, supervised: bool, up_restarts: int) -> None:
     """Run the worker supervisor: nb_backend_workers workers, the outbox relay, crash recovery."""
     from herald.worker import Supervisor
 
@@ -61,7 +62,7 @@ def workers(ctx: Context, supervised: bool) -> None:
     setup_logging(settings, "worker.log")
     open_database(settings).dispose()  # the schema is at head before any worker starts
     parent = os.getppid() if supervised else None
-    supervisor = Supervisor(settings, _herald_command(ctx), parent_pid=parent)
+    supervisor = Supervisor(settings, _herald_command(ctx), parent_pid=parent, up_restarts=up_restarts)
     supervisor.install_signal_handlers()
     sys.exit(supervisor.run())
 

@@ -33,6 +33,9 @@ class RelayGate:
         self._open = True
         self._closed_at = 0.0
         self._reason = ""
+        self._last_error: str | None = None
+        #: Wall-clock time of the last change (closed or opened), for heartbeats; set at creation.
+        self.changed_at = time.time()
         self._stopped = False
         self._thread: threading.Thread | None = None
         self.outages = 0
@@ -46,6 +49,11 @@ class RelayGate:
         """Why the gate is closed (the relay's last error), or ``""``."""
         return "" if self._open else self._reason
 
+    @property
+    def last_error(self) -> str | None:
+        """The relay's most recent error (kept after the gate opens again), or None if it never failed."""
+        return self._last_error
+
     def down_for(self) -> float:
         """Seconds since the gate closed; 0 while open."""
         return 0.0 if self._open else self._clock() - self._closed_at
@@ -57,7 +65,9 @@ class RelayGate:
                 return
             self._open = False
             self._closed_at = self._clock()
+            self.changed_at = time.time()
             self._reason = reason
+            self._last_error = reason
             self.outages += 1
             log.warning(
                 "relay unusable (%s): holding all sending and probing it; no recipient is charged", reason
@@ -88,11 +98,13 @@ class RelayGate:
             except Exception as exc:
                 with self._cond:
                     self._reason = str(exc)[:300] or type(exc).__name__
+                    self._last_error = self._reason
                 if probes == 1 or probes % 30 == 0:
                     log.warning("relay still unusable after %d probe(s): %s", probes, self._reason)
                 continue
             with self._cond:
                 self._open = True
+                self.changed_at = time.time()
                 down = self._clock() - self._closed_at
                 self._cond.notify_all()
             log.info("relay usable again after %.1fs (%d probe(s)); sending resumes", down, probes)

@@ -1,14 +1,17 @@
-"""The workers' heartbeats as ``herald check``, the metrics and the admin page read them.
+"""The workers' heartbeats as ``herald check``, ``/healthz``, the metrics and the admin page read them.
 
 Each worker and supervisor writes a row in ``worker_heartbeats`` every few seconds (``herald.worker``
 writes them; ``ops`` may read the tracker database but not import the worker). A row past its
-``expires_at`` belongs to a process that died or hung.
+``expires_at`` belongs to a process that died or hung; a clean exit deletes its row. A worker's ``info``
+follows the contract documented on ``herald.worker.hooks.HeartbeatHook`` (readers tolerate missing keys).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 
@@ -18,13 +21,133 @@ from herald.tracker.models import LeaderLease, WorkerHeartbeat, utcnow
 
 __all__ = [
     "HostProcesses",
+    "JobInHand",
+    "ProcessView",
     "RelayLeader",
     "alive",
     "by_host",
+    "expected_workers",
     "heartbeats",
     "live_worker_count",
+    "missing_parts",
+    "processes",
     "relay_leader",
+    "workers_wanted",
 ]
+
+
+def workers_wanted(settings: Settings) -> int:
+    """How many workers one supervisor keeps: ``nb_backend_workers`` when ``async_emails`` names a project,
+    else at most one (the recovery worker). ``herald.worker.supervisor`` applies the same rule."""
+    if settings.async_emails.enabled:
+        return settings.nb_backend_workers
+    return min(1, settings.nb_backend_workers)
+
+
+@dataclass(frozen=True)
+class JobInHand:
+    job_id: str
+    changeset_id: int | None
+    since: float  # unix time the worker received it
+
+
+@dataclass(frozen=True)
+class ProcessView:
+    """One heartbeat row, read: who, whether it is still beating, and what it said last."""
+
+    name: str
+    kind: str
+    host: str
+    pid: int
+    started_at: datetime
+    beat_at: datetime
+    alive: bool
+    info: dict[str, Any]
+
+    def silent_for(self, now: datetime) -> float:
+        return max(0.0, (now - self.beat_at).total_seconds())
+
+    @property
+    def jobs(self) -> list[JobInHand]:
+        """The jobs in hand at its last beat, oldest first (garbage entries skipped)."""
+        found = []
+        for job in self.info.get("jobs") or []:
+            if not isinstance(job, dict):
+                continue
+            since = sane_time(job.get("since"))
+            if since is None:
+                continue
+            cs = job.get("changeset_id")
+            found.append(
+                JobInHand(str(job.get("job_id", "?"))[:64], cs if isinstance(cs, int) else None, since)
+            )
+        return sorted(found, key=lambda j: j.since)
+
+    @property
+    def relay(self) -> dict[str, Any]:
+        relay = self.info.get("relay")
+        return relay if isinstance(relay, dict) else {}
+
+    @property
+    def relay_down(self) -> bool:
+        """The worker's relay gate is closed (the SMTP relay refuses it)."""
+        return self.relay.get("up") is False
+
+
+def expected_workers(settings: Settings, procs: list[ProcessView]) -> int:
+    """How many workers should be alive: what the live supervisors say they keep (one per host, summed),
+    else what this configuration asks of one supervisor."""
+    wanted = [
+        p.info.get("workers_wanted")
+        for p in procs
+        if p.kind == "supervisor" and p.alive and isinstance(p.info.get("workers_wanted"), int)
+    ]
+    spawning = [w for w in wanted if w and w > 0]
+    return sum(spawning) if spawning else workers_wanted(settings)
+
+
+def missing_parts(settings: Settings, procs: list[ProcessView]) -> dict[str, Any]:
+    """What ``/healthz`` reports as missing, without names, hosts or errors (it is unauthenticated):
+    ``workers`` (fewer alive than expected), ``outbox-relay`` (no live supervisor or ``herald relay``
+    while workers are wanted), ``smtp-relay`` (every live worker finds the SMTP relay unusable)."""
+    expected = expected_workers(settings, procs)
+    live = [p for p in procs if p.kind == "worker" and p.alive]
+    missing: list[str] = []
+    if len(live) < expected:
+        missing.append("workers")
+    if workers_wanted(settings) and not any(p.kind == "supervisor" and p.alive for p in procs):
+        missing.append("outbox-relay")
+    if live and all(p.relay_down for p in live):
+        missing.append("smtp-relay")
+    return {"missing": missing, "workers": {"alive": len(live), "expected": expected}}
+
+
+def sane_time(value: object, now: float | None = None) -> float | None:
+    """A unix time that can be real (after 2020, not in the future by more than a minute), else None."""
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        return None
+    limit = (now if now is not None else utcnow().timestamp()) + 60
+    return float(value) if 1_577_836_800 <= value <= limit else None
+
+
+def processes(db: Database, *, now: datetime | None = None) -> list[ProcessView]:
+    """Every heartbeat row, live or not, by name."""
+    now = now or utcnow()
+    with db.read() as session:
+        rows = session.scalars(select(WorkerHeartbeat).order_by(WorkerHeartbeat.name)).all()
+        return [
+            ProcessView(
+                name=r.name,
+                kind=r.kind,
+                host=r.host,
+                pid=r.pid,
+                started_at=r.started_at,
+                beat_at=r.beat_at,
+                alive=r.expires_at > now,
+                info=r.info if isinstance(r.info, dict) else {},
+            )
+            for r in rows
+        ]
 
 
 def alive(db: Database, *, kind: str | None = None, now: datetime | None = None) -> list[WorkerHeartbeat]:

@@ -3,23 +3,31 @@ what ``herald check``, the metrics, the API and the admin page show."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, literal, select
 from sqlalchemy.orm import Session
 
-from herald.outbox.tables import Delivery, Notification, NotificationState
+from herald.outbox.tables import Delivery, DeliveryStatus, Notification, NotificationState
 from herald.tracker.models import utcnow
 
 __all__ = [
+    "COUNT_CAP",
+    "RECENT_SAMPLE",
     "UNFINISHED",
     "Backlog",
+    "Health",
     "MinuteFigures",
+    "Oldest",
+    "RecentDeliveries",
+    "count_text",
     "notification_detail",
     "notifications_in_state",
     "read_backlog",
+    "read_health",
     "recent_notifications",
     "sent_per_minute",
 ]
@@ -53,38 +61,245 @@ def _age(created: datetime, now: datetime) -> float:
     return max(0.0, (now - created).total_seconds())
 
 
-def read_backlog(session: Session, stale_after_seconds: float) -> Backlog:
-    now = utcnow()
-    states = {
-        state.value: count
+def _oldest_per_state(
+    session: Session, states: Sequence[NotificationState]
+) -> list[tuple[int, datetime, str]]:
+    """The oldest row of each state: one index probe each on ``(state, created_at)``, whatever the backlog
+    (an ``IN`` over the states would read every unfinished row to sort them)."""
+    found = []
+    for state in states:
+        row = session.execute(_OLDEST, {"state": state}).first()
+        if row is not None:
+            found.append((row[0], row[1], state.value))
+    return found
+
+
+_OLDEST = (
+    select(Notification.changeset_id, Notification.created_at)
+    .where(Notification.state == bindparam("state"))
+    .order_by(Notification.created_at, Notification.changeset_id)
+    .limit(1)
+)
+
+
+def _count_older(
+    session: Session, states: Sequence[NotificationState], cutoff: datetime, cap: int | None = None
+) -> int:
+    """Rows of ``states`` created before ``cutoff``; with ``cap``, counting stops past it (cap + 1)."""
+    query = select(literal(1)).where(Notification.state.in_(states), Notification.created_at < cutoff)
+    if cap is not None:
+        query = query.limit(cap + 1)
+    return session.scalar(select(func.count()).select_from(query.subquery())) or 0
+
+
+#: ``read_health`` counts at most this many rows of a state (a bounded index read whatever the backlog,
+#: and whatever the history: ``done`` rows are never counted); a count past it reads "more than".
+COUNT_CAP = 10_000
+
+_COUNT_STATE = select(func.count()).select_from(
+    select(literal(1)).where(Notification.state == bindparam("state")).limit(COUNT_CAP + 1).subquery()
+)
+
+
+def _capped_state_counts(session: Session) -> dict[str, int]:
+    """How many rows in each state but ``done``, each count stopping past :data:`COUNT_CAP`."""
+    counts = {}
+    for state in NotificationState:
+        if state is NotificationState.DONE:
+            continue
+        count = session.scalar(_COUNT_STATE, {"state": state}) or 0
+        if count:
+            counts[state.value] = count
+    return counts
+
+
+def _state_counts(session: Session) -> dict[str, int]:
+    return {
+        getattr(state, "value", state): count
         for state, count in session.execute(
             select(Notification.state, func.count()).group_by(Notification.state)
         )
     }
+
+
+def read_backlog(session: Session, stale_after_seconds: float) -> Backlog:
+    """Counts by state (notifications and deliveries), the oldest unfinished notification and how many are
+    older than ``stale_after_seconds``. Counting deliveries reads the whole ledger: :func:`read_health` is
+    what a frequent check should call."""
+    now = utcnow()
+    states = _state_counts(session)
     deliveries = {
-        status.value: count
+        getattr(status, "value", status): count
         for status, count in session.execute(select(Delivery.status, func.count()).group_by(Delivery.status))
     }
-    oldest = session.execute(
-        select(Notification.changeset_id, Notification.created_at)
-        .where(Notification.state.in_(UNFINISHED))
-        .order_by(Notification.created_at, Notification.changeset_id)
-        .limit(1)
-    ).first()
-    cutoff_count = 0
-    age, changeset = 0.0, None
+    oldest = min(_oldest_per_state(session, UNFINISHED), key=lambda r: (r[1], r[0]), default=None)
+    age, changeset, stale = 0.0, None, 0
     if oldest is not None:
         changeset, age = oldest[0], _age(oldest[1], now)
-        cutoff = now - timedelta(seconds=stale_after_seconds)
-        cutoff_count = (
+        stale = _count_older(session, UNFINISHED, now - timedelta(seconds=stale_after_seconds))
+    return Backlog(states, deliveries, age, changeset, stale)
+
+
+@dataclass(frozen=True)
+class Oldest:
+    """The oldest notification not yet delivered: which changeset, in which state, since when (seconds)."""
+
+    changeset_id: int
+    state: str
+    age: float
+
+
+@dataclass(frozen=True)
+class RecentDeliveries:
+    """What the ledger says about the latest sends (at most :data:`RECENT_SAMPLE` recipients touched in the
+    last ``window`` seconds, newest first): how many went out, how many met a 4xx (``transient``: still
+    retrying, with ``transient_reply`` the newest such reply) or a 5xx, and how long the sent ones took from
+    the commit of their change (``late``: more than ``late_after`` seconds)."""
+
+    window: float
+    touched: int = 0
+    sent: int = 0
+    transient: int = 0
+    permanent: int = 0
+    transient_reply: str | None = None
+    late: int = 0
+    late_after: float = 0.0
+    worst_latency: float = 0.0
+    worst_changeset: int | None = None
+
+    @property
+    def transient_share(self) -> float:
+        """4xx answers among the recipients that met an answer (sent, 4xx or 5xx)."""
+        answered = self.sent + self.transient + self.permanent
+        return self.transient / answered if answered else 0.0
+
+
+@dataclass(frozen=True)
+class Health:
+    """Everything ``herald check`` reads from the outbox and the ledger, each figure from an index. Counts
+    stop past :data:`COUNT_CAP` (``done`` rows are not counted at all): see :func:`count_text`."""
+
+    states: dict[str, int]
+    oldest: Oldest | None
+    stale: int
+    never_pushed: int
+    oldest_pending_age: float
+    new_dead: int
+    recent: RecentDeliveries
+
+    @property
+    def unfinished(self) -> int:
+        return sum(self.states.get(s.value, 0) for s in UNFINISHED)
+
+    @property
+    def dead(self) -> int:
+        return self.states.get(NotificationState.DEAD.value, 0)
+
+
+#: Most ledger rows one health read looks at: enough for a share, bounded whatever the throughput.
+RECENT_SAMPLE = 1000
+
+_RECENT = (
+    select(
+        Delivery.status, Delivery.last_reply, Delivery.sent_at, Notification.created_at, Delivery.changeset_id
+    )
+    .join(Notification, Notification.changeset_id == Delivery.changeset_id)
+    .where(Delivery.updated_at >= bindparam("since"))
+    .order_by(Delivery.updated_at.desc())
+    .limit(RECENT_SAMPLE)
+)
+
+
+def _recent(session: Session, now: datetime, window: float, late_after: float) -> RecentDeliveries:
+    sent = transient = permanent = late = touched = 0
+    reply: str | None = None
+    worst, worst_cs = 0.0, None
+    for status, last_reply, sent_at, created_at, changeset_id in session.execute(
+        _RECENT, {"since": now - timedelta(seconds=window)}
+    ):
+        touched += 1
+        status = getattr(status, "value", status)
+        if status == DeliveryStatus.SENT.value:
+            sent += 1
+            if sent_at is not None and created_at is not None:
+                latency = _age(created_at, _aware(sent_at, now))
+                if latency > late_after:
+                    late += 1
+                if latency > worst:
+                    worst, worst_cs = latency, changeset_id
+        elif status == DeliveryStatus.RETRYING.value and (last_reply or "").startswith("4"):
+            transient += 1
+            reply = reply or last_reply
+        elif status == DeliveryStatus.FAILED.value and (last_reply or "").startswith("5"):
+            permanent += 1
+    return RecentDeliveries(
+        window, touched, sent, transient, permanent, reply, late, late_after, worst, worst_cs
+    )
+
+
+def _aware(value: datetime, now: datetime) -> datetime:
+    return value.replace(tzinfo=now.tzinfo) if value.tzinfo is None else value
+
+
+def count_text(count: int) -> str:
+    """A count of :func:`read_health` in words: ``"42"``, or ``"more than 10000"`` past the cap."""
+    return f"more than {COUNT_CAP}" if count > COUNT_CAP else str(count)
+
+
+def read_health(
+    session: Session,
+    *,
+    stale_after_seconds: float,
+    window_seconds: float,
+    pending_grace_seconds: float,
+    now: datetime | None = None,
+) -> Health:
+    """The outbox and ledger figures behind ``herald check``, in a few index reads (fast on any backlog):
+
+    - counts by state, and the oldest undelivered notification (pending, queued, running or retrying);
+    - ``stale``: undelivered notifications older than ``stale_after_seconds``;
+    - ``never_pushed``: ``pending`` rows older than ``pending_grace_seconds`` (nobody handed them on);
+    - ``new_dead``: notifications dead-lettered in the last ``window_seconds``;
+    - the latest sends of the last ``window_seconds`` (:class:`RecentDeliveries`), late ones counted
+      against ``stale_after_seconds``.
+    """
+    now = now or utcnow()
+    states = _capped_state_counts(session)
+    present = [s for s in UNFINISHED if states.get(s.value)]
+    oldest_rows = _oldest_per_state(session, present)
+    oldest = None
+    stale = never_pushed = 0
+    pending_age = 0.0
+    if oldest_rows:
+        cs, created, state = min(oldest_rows, key=lambda r: (r[1], r[0]))
+        oldest = Oldest(cs, state, _age(created, now))
+        if oldest.age > stale_after_seconds:
+            stale = _count_older(session, present, now - timedelta(seconds=stale_after_seconds), COUNT_CAP)
+        for _cs, created, state in oldest_rows:
+            if state == NotificationState.PENDING.value:
+                pending_age = _age(created, now)
+        if pending_age > pending_grace_seconds:
+            never_pushed = _count_older(
+                session,
+                [NotificationState.PENDING],
+                now - timedelta(seconds=pending_grace_seconds),
+                COUNT_CAP,
+            )
+    new_dead = 0
+    if states.get(NotificationState.DEAD.value):
+        new_dead = (
             session.scalar(
                 select(func.count())
                 .select_from(Notification)
-                .where(Notification.state.in_(UNFINISHED), Notification.created_at < cutoff)
+                .where(
+                    Notification.state == NotificationState.DEAD,
+                    Notification.finished_at >= now - timedelta(seconds=window_seconds),
+                )
             )
             or 0
         )
-    return Backlog(states, deliveries, age, changeset, cutoff_count)
+    recent = _recent(session, now, window_seconds, stale_after_seconds)
+    return Health(states, oldest, stale, never_pushed, pending_age, new_dead, recent)
 
 
 def _ts(value: datetime | None) -> str | None:

@@ -49,7 +49,9 @@ class Notification(Base):
     """The outbox row, committed with its changeset: the source of truth that a notification is owed."""
 
     __tablename__ = "notifications"
-    __table_args__ = (Index("ix_notifications_state", "state"),)
+    # (state, created_at): the oldest row of a state and the count of rows older than a cutoff are index
+    # reads, so ``herald check`` stays fast on any backlog.
+    __table_args__ = (Index("ix_notifications_state_created", "state", "created_at"),)
 
     changeset_id: Mapped[int] = mapped_column(
         ForeignKey("changesets.id", ondelete="CASCADE"), primary_key=True
@@ -80,8 +82,13 @@ class Delivery(Base):
     """One (changeset, recipient) outcome: the ledger that keeps a retry from mailing anyone twice."""
 
     __tablename__ = "deliveries"
-    # sent_at: the console's throughput and latency over the last hour read a range of it.
-    __table_args__ = (UniqueConstraint("changeset_id", "address"), Index("ix_deliveries_sent_at", "sent_at"))
+    # sent_at: the console's throughput and latency over the last hour read a range of it; updated_at: the
+    # latest sends (``herald check``'s 4xx share and late mail) without reading the ledger.
+    __table_args__ = (
+        UniqueConstraint("changeset_id", "address"),
+        Index("ix_deliveries_sent_at", "sent_at"),
+        Index("ix_deliveries_updated_at", "updated_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     changeset_id: Mapped[int] = mapped_column(

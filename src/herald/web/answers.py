@@ -92,9 +92,18 @@ class TrackerSubscription(BaseModel):
     meaning: str
 
 
+class HealthWorkers(BaseModel):
+    alive: int
+    expected: int
+
+
 class Health(BaseModel):
-    status: Literal["ok", "error"]
+    status: Literal["ok", "degraded", "error"]
     database: str = Field(description="'ok', or the class of the error that reaching it raised")
+    missing: list[Literal["workers", "outbox-relay", "smtp-relay"]] | None = Field(
+        None, description="the parts that are down (absent when the database cannot be read)"
+    )
+    workers: HealthWorkers | None = Field(None, description="workers alive and expected")
 
 
 class User(BaseModel):

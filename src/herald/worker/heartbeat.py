@@ -66,6 +66,7 @@ class Heartbeat:
         self._ttl = ttl
         self._started_at = utcnow()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._failing = False
 
@@ -75,8 +76,17 @@ class Heartbeat:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(self._interval):
+        while True:
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             self.beat()
+
+    def poke(self) -> None:
+        """Beat now rather than at the next interval (what the process does changed in a way that
+        matters: an idle worker took a job). Returns at once; the beat happens on the heartbeat thread."""
+        self._wake.set()
 
     def beat(self) -> None:
         """Write the row now. Errors are logged once per outage, never raised."""
@@ -107,6 +117,7 @@ class Heartbeat:
     def stop(self, *, forget_row: bool = True) -> None:
         """Stop beating; delete the row (a clean exit is not a death)."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
         if forget_row:

@@ -155,8 +155,22 @@ class LogHook(Hook):
 
 
 class HeartbeatHook(Hook):
-    """Keeps the worker's heartbeat row (see :mod:`herald.worker.heartbeat`) with what it is doing: the
-    changesets in hand (deliveries run concurrently, so this is thread-safe), jobs done, the relay gate."""
+    """Keeps the worker's heartbeat row (see :mod:`herald.worker.heartbeat`) with what it is doing.
+
+    The ``info`` JSON is a contract read by ``herald check``, the metrics and the admin console (readers
+    tolerate missing keys)::
+
+        {"state": "idle" | "busy" | "relay_down" | "stopping", "slots": int, "busy": int,
+         "jobs": [{"job_id": str, "changeset_id": int, "since": unix_ts}],   # oldest first, at most 50
+         "relay": {"up": bool, "since": unix_ts, "last_error": str | None},
+         "done": int, "failed": int}
+
+    ``since`` of a job is when this worker received it; ``relay.since`` when the relay gate last opened or
+    closed (the worker's start if it never did); ``failed`` counts jobs settled other than by an ack.
+    Deliveries run concurrently, so the jobs in hand are kept under a lock.
+    """
+
+    MAX_JOBS = 50
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -164,27 +178,38 @@ class HeartbeatHook(Hook):
         self._lock = threading.Lock()
         self._busy: dict[str, tuple[int, float]] = {}  # job id -> (changeset id, since)
         self._worker: Worker | None = None
+        self._failed = 0
 
     def _info(self) -> dict[str, Any]:
         with self._lock:
-            busy = sorted(self._busy.values(), key=lambda item: item[1])
+            busy = sorted(self._busy.items(), key=lambda item: item[1][1])
+            failed = self._failed
         worker = self._worker
-        now = time.time()
+        jobs = [
+            {"job_id": job_id, "changeset_id": cs, "since": round(since, 3)} for job_id, (cs, since) in busy
+        ]
         info: dict[str, Any] = {
             "state": "busy" if busy else "idle",
-            "changeset_id": busy[0][0] if busy else None,
-            "in_hand": [cs for cs, _ in busy][:50],
-            "oldest_job_seconds": round(now - busy[0][1], 1) if busy else 0.0,
-            "jobs_done": worker.jobs_done if worker is not None else 0,
+            "slots": 0,
+            "busy": len(busy),
+            "jobs": jobs[: self.MAX_JOBS],
+            "relay": {"up": True, "since": None, "last_error": None},
+            "done": 0,
+            "failed": failed,
         }
         if worker is not None:
+            gate = worker.gate
             info.update(
-                concurrency=worker.concurrency,
+                slots=worker.concurrency,
+                done=worker.jobs_done - failed,
+                relay={"up": gate.is_open, "since": round(gate.changed_at, 3), "last_error": gate.last_error},
                 connections=worker.connections,
-                relay="down" if not worker.gate.is_open else "up",
-                relay_error=worker.gate.reason or None,
                 pid=worker.pid,
             )
+            if worker.stopping:
+                info["state"] = "stopping"
+            elif not gate.is_open:
+                info["state"] = "relay_down"
         return info
 
     def worker_started(self, worker: Worker) -> None:
@@ -194,11 +219,18 @@ class HeartbeatHook(Hook):
 
     def job_received(self, worker: Worker, job: Job) -> None:
         with self._lock:
+            was_idle = not self._busy
             self._busy[job.id] = (job.changeset_id, time.time())
+        if was_idle and self._beat is not None:
+            # Publish "busy" now, not up to a beat later: a worker frozen on its first job is then seen
+            # holding it. A busy worker takes jobs without extra beats.
+            self._beat.poke()
 
     def job_settled(self, worker: Worker, result: JobResult) -> None:
         with self._lock:
             self._busy.pop(result.job.id, None)
+            if result.action != "ack":
+                self._failed += 1
 
     def worker_stopping(self, worker: Worker) -> None:
         if self._beat is not None:

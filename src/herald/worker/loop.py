@@ -44,6 +44,7 @@ from herald.tracker.db import Database
 from herald.tracker.models import utcnow
 from herald.worker.heartbeat import process_name
 from herald.worker.hooks import HeartbeatHook, Hook, Hooks, JobResult, LogHook, MetricsHook
+from herald.worker.sdnotify import Notifier
 from herald.worker.supervisor import workers_wanted
 
 __all__ = ["CLAIM_TIMEOUT_SECONDS", "LeaseKeeper", "Worker", "connection_share"]
@@ -227,9 +228,12 @@ class Worker:
     def run(self) -> int:
         self.hooks.worker_started(self)
         self.keeper.start()
+        systemd = Notifier()
+        systemd.ready()
         outage = 0
         try:
             while not self._stop.is_set():
+                systemd.watchdog()  # the claimer turns at least every CLAIM_TIMEOUT_SECONDS
                 if self._orphaned():
                     log.warning("%s: its supervisor is gone; exiting", self.name)
                     break

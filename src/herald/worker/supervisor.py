@@ -51,6 +51,7 @@ from herald.tracker.models import WorkerHeartbeat, utcnow
 from herald.worker.heartbeat import Heartbeat, forget, process_name
 from herald.worker.leader import RELAY, Leadership
 from herald.worker.relay import Relay
+from herald.worker.sdnotify import Notifier
 
 __all__ = ["Supervisor", "workers_wanted"]
 
@@ -99,8 +100,13 @@ class Supervisor:
         db: Database | None = None,
         queue: Queue | None = None,
         parent_pid: int | None = None,
+        up_restarts: int = 0,
     ) -> None:
         self.settings = settings
+        #: How many times ``herald up`` had to restart the supervisor before this one (in its heartbeat).
+        self.up_restarts = up_restarts
+        #: Wall-clock time of the main loop's last turn (in its heartbeat: a stuck loop shows).
+        self.loop_at = time.time()
         self.command = list(command)
         self.spawn = spawn
         self.wanted = workers_wanted(settings) if spawn else 0
@@ -139,6 +145,8 @@ class Supervisor:
         self._forget_surplus()
         heartbeat = Heartbeat(self.db, self.name, "supervisor", self._info, host=self.host)
         heartbeat.start()
+        systemd = Notifier()
+        systemd.ready()
         next_maintenance = 0.0
         try:
             while not self._stop.is_set():
@@ -146,6 +154,8 @@ class Supervisor:
                     log.warning("the process that started the supervisor is gone; stopping")
                     break
                 now = time.monotonic()
+                self.loop_at = time.time()
+                systemd.watchdog()  # a loop that stops turning gets this process restarted (WatchdogSec)
                 for slot in self.slots:
                     self._tend(slot, now)
                 if now >= next_maintenance:
@@ -153,6 +163,7 @@ class Supervisor:
                     next_maintenance = now + MAINTENANCE_SECONDS
                 self._stop.wait(TICK_SECONDS)
         finally:
+            systemd.stopping()
             self._shutdown()
             heartbeat.stop()
             for close in (self.queue.close, self.db.dispose):
@@ -215,6 +226,8 @@ class Supervisor:
             "relay": self.relay_enabled,
             "relay_leader": self.leadership.leading,
             "pids": [slot.process.pid for slot in self.slots if slot.process is not None],
+            "up_restarts": self.up_restarts,
+            "loop_at": round(self.loop_at, 3),
         }
 
     def _warn_if_name_taken(self) -> None:
