@@ -25,6 +25,9 @@ CHECKS = [
     openapi_checks.response_schema_conformance,
     openapi_checks.response_headers_conformance,
 ]
+# /healthz answers 503 by design while parts are down (here: no worker runs), so a load balancer can act; its
+# 503 is still held to the documented status and body.
+HEALTH_CHECKS = [check for check in CHECKS if check is not schemathesis.checks.not_a_server_error]
 
 
 @pytest.mark.parametrize("role", ["admin", "user", "anonymous"])
@@ -36,6 +39,7 @@ def test_every_operation_answers_as_documented(api: Api, role: str):
     for result in schema.get_all_operations():
         operation = result.ok()
         operations += 1
+        checks = HEALTH_CHECKS if operation.path == "/healthz" else CHECKS
 
         @settings(
             max_examples=EXAMPLES,
@@ -45,7 +49,7 @@ def test_every_operation_answers_as_documented(api: Api, role: str):
         )
         @given(case=operation.as_strategy())
         def run(case) -> None:
-            case.call_and_validate(headers=headers, checks=CHECKS)
+            case.call_and_validate(headers=headers, checks=checks)  # noqa: B023 (run is called at once)
 
         try:
             run()
