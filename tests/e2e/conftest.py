@@ -62,6 +62,15 @@ class Tally:
         return f"{name}: expected={self.expected} {counts}"
 
 
+@dataclass(frozen=True)
+class Frozen:
+    """A process stopped by :meth:`Stack.freeze`, as it stood at the stop."""
+
+    pid: int
+    connections: frozenset[int]  # its open connections to the SMTP server (the server's numbers)
+    recorded: frozenset[tuple[int, str]]  # (changeset, address) the ledger recorded as sent
+
+
 @dataclass
 class Stack:
     """One herald installation under test."""
@@ -175,36 +184,49 @@ class Stack:
         ids = [str(m.message()["Message-ID"]) for m in self.smtp.messages]
         return Tally(expected=3 * len(self.changesets), received=len(ids), unique=len(set(ids)))
 
-    def in_flight(self) -> int:
-        """Mails the server accepted whose delivery the ledger does not record as sent (yet): what a process
-        killed right now may have sent without recording it, the only mails a successor may send again."""
-        received = {(int(m.message()["X-Herald-Changeset-ID"]), m.rcpt_tos[0]) for m in self.smtp.messages}
+    def recorded(self) -> frozenset[tuple[int, str]]:
+        """(changeset, address) of every delivery the ledger records as sent."""
         with self.db.read() as s:
-            sent = set(
-                s.execute(
-                    select(Delivery.changeset_id, Delivery.address).where(
-                        Delivery.status == DeliveryStatus.SENT
-                    )
-                ).all()
-            )
-        return len(received - {(cs, a) for cs, a in sent})
+            rows = s.execute(
+                select(Delivery.changeset_id, Delivery.address).where(Delivery.status == DeliveryStatus.SENT)
+            ).all()
+        return frozenset((cs, address) for cs, address in rows)
 
-    def freeze(self, pid: int) -> int:
-        """SIGSTOP ``pid``, let the server take in what it had already written, and return the mails in
-        flight: accepted by the server and not recorded as sent, or begun and not finished. Taken before
-        any successor can act (leases are seconds long, a frozen process is not seen as dead), so it
-        bounds what may be sent twice."""
+    def freeze(self, pid: int) -> Frozen:
+        """SIGSTOP ``pid`` and take stock at that instant: its open connections to the SMTP server and what
+        the ledger records as sent. A stopped process records nothing more, so what it sent and had not
+        recorded then is exactly what a successor may send again (see :meth:`in_flight`)."""
         os.kill(pid, signal.SIGSTOP)
-        time.sleep(1.0)  # under CI load the server may take a while to read what was already sent
-        # Accepted but not recorded, plus begun and not finished (a frozen sender completes those when it
-        # wakes; a killed one never does): an upper bound on what may come twice.
-        return self.in_flight() + self.smtp.open_transactions
+        wait_until(lambda: _stopped(pid), f"pid {pid} to stop")
+        connections = self.smtp.connections_from(_client_ports(pid, self.smtp.port))
+        return Frozen(pid, connections, self.recorded())
+
+    def in_flight(self, frozen: Frozen) -> int:
+        """The mails in flight when ``frozen`` was stopped: those the server accepted over its connections
+        (before or after the stop: the server goes on reading what the process had already written) that
+        the ledger had not recorded as sent at the stop, plus those begun on them (MAIL accepted, DATA not
+        ended), which it completes if woken. The only mails a successor may send again.
+
+        Counted over the stopped process's own connections, at the stop: a successor that takes its
+        changesets over while it is stopped (its leases run out; they are seconds long) sends and records
+        the same mails, which must not hide them; and the live workers' mails are not in flight."""
+        received = {
+            (int(m.message()["X-Herald-Changeset-ID"]), m.rcpt_tos[0])
+            for m in self.smtp.messages
+            if m.connection in frozen.connections
+        }
+        return len(received - frozen.recorded) + self.smtp.open_transactions_on(frozen.connections)
 
     def kill(self, pid: int) -> int:
-        """Freeze ``pid`` (counting its mails in flight), then SIGKILL it; returns the count."""
-        in_flight = self.freeze(pid)
-        os.kill(pid, signal.SIGKILL)
-        return in_flight
+        """Freeze ``pid``, SIGKILL it, and return its mails in flight (see :meth:`kill_frozen`)."""
+        return self.kill_frozen(self.freeze(pid))
+
+    def kill_frozen(self, frozen: Frozen) -> int:
+        """SIGKILL a frozen process and return its mails in flight, counted once the server has seen its
+        connections close: nothing more of it can arrive then, and what it had begun is gone with it."""
+        os.kill(frozen.pid, signal.SIGKILL)
+        self.smtp.wait_closed(frozen.connections, timeout=DEADLINE)
+        return self.in_flight(frozen)
 
     def duplicates(self) -> dict[str, int]:
         ids = Counter(str(m.message()["Message-ID"]) for m in self.smtp.messages)
@@ -242,6 +264,30 @@ class Stack:
         for path in sorted(self.tmp_path.glob("supervisor-*.out")):
             print(f"--- {path.name} (last 200 lines) ---")
             print("\n".join(path.read_text(errors="replace").splitlines()[-200:]))
+
+
+def _stopped(pid: int) -> bool:
+    """Whether ``pid`` is stopped (SIGSTOP has taken effect): state ``T`` in ``/proc/<pid>/stat``."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2] == "T"
+
+
+def _client_ports(pid: int, server_port: int) -> set[int]:
+    """The local ports of ``pid``'s TCP connections to ``server_port`` on 127.0.0.1 (from ``/proc``: the
+    socket inodes among its file descriptors, matched in the kernel's connection table)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    ports = set()
+    remote = f"0100007F:{server_port:04X}"  # 127.0.0.1, as the kernel writes it (little-endian)
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[2] == remote and fields[9] in inodes:
+            ports.add(int(fields[1].split(":")[1], 16))
+    return ports
 
 
 def stack_env(
