@@ -5,21 +5,28 @@ from __future__ import annotations
 
 import os
 import signal
+import smtplib
 import subprocess
 import sys
 import time
+from email import policy
+from email.parser import BytesParser
 
 import pytest
 from sqlalchemy import select
 
-from herald.outbox import Delivery, DeliveryStatus, Notification, NotificationState
+from herald.outbox import Delivery, DeliveryStatus, Notification, NotificationState, ledger
+from herald.outbox.ledger import Outcome
 from herald.queue import make_queue
 from herald.queue.keys import JOB_FIELD, RedisKeys
-from herald.tracker.models import WorkerHeartbeat
-from tests.e2e.conftest import RECIPIENTS, Stack, wait_until
+from herald.tracker.models import WorkerHeartbeat, utcnow
+from tests.e2e.conftest import DEADLINE, RECIPIENTS, Stack, wait_until
 from tests.support.smtp import HANG
 
 pytestmark = pytest.mark.slow
+
+#: smtp_timeout for the tests that kill a worker whose send hangs: the kill, not a timeout, ends the hang.
+HANG_OUTLASTS_THE_TEST = "300"
 
 
 def report(line: str) -> None:
@@ -48,14 +55,15 @@ def test_many_changesets_through_the_api_are_each_delivered_exactly_once(make_st
     assert "Notification: Start notification" in log and "mode=async" in log
 
 
-def test_sigkill_of_a_worker_mid_send_loses_nothing(stack: Stack):
+def test_sigkill_of_a_worker_mid_send_loses_nothing(make_stack):
     # The 10th message hangs in DATA: its worker is provably mid-job when it is killed.
+    stack: Stack = make_stack(HERALD_SMTP_TIMEOUT=HANG_OUTLASTS_THE_TEST)
     _, pid = _hang_mid_run(stack, ok=9, creations=10, updates=30)
-    in_flight = stack.kill(pid)  # accepted by the server, not yet recorded: the killed worker's batch
+    in_flight = stack.kill(pid)  # its mails accepted by the server and not recorded when it was stopped
     tally = stack.wait_all_delivered()
     report(tally.line(f"SIGKILL of worker pid {pid} mid-send ({in_flight} in flight)"))
     assert tally.lost == 0
-    assert tally.duplicated <= in_flight
+    assert tally.duplicated <= in_flight, stack.duplicates()
     assert "exited with signal SIGKILL" in stack.log()
 
 
@@ -72,9 +80,72 @@ def test_sigkill_of_a_worker_at_a_random_moment_loses_nothing(stack: Stack):
     assert tally.lost == 0 and tally.duplicated <= in_flight, stack.duplicates()
 
 
+# A stand-in for a worker: sends one mail, begins another (MAIL and RCPT accepted, no DATA), says so, waits.
+_SENDER = """
+import smtplib, sys, time
+host, port, sent, begun = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+client = smtplib.SMTP(host, port, timeout=30)
+client.sendmail("noreply@example.org", ["bob@example.org"], sent)
+client.mail("noreply@example.org")
+client.rcpt("carol@example.org")
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def _mail(changeset_id: int, address: str) -> str:
+    mid = f"<herald.cs{changeset_id}.{address.split('@')[0]}@example.org>"
+    return f"Message-ID: {mid}\r\nX-Herald-Changeset-ID: {changeset_id}\r\nSubject: s\r\n\r\nbody\r\n"
+
+
+def test_the_mails_in_flight_are_counted_at_the_stop_over_the_stopped_process_s_own_connections(stack: Stack):
+    """What the crash tests above allow to come twice, made deterministic. A process sent bob's mail and did
+    not record it, and began carol's; it is stopped; while it is stopped a successor sends bob's mail again
+    and records it (leases are seconds long: under load a successor does take over during the stop), and
+    a live process sends dave's without recording it yet. In flight: bob's and carol's while it is stopped,
+    bob's alone once it is killed (carol's never ends) — not dave's, and bob's even though recorded now."""
+    cs = stack.create()["changeset_id"]  # no workers: only the processes here send its mail
+    bob, carol, dave = RECIPIENTS
+    sender = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            _SENDER,
+            stack.smtp.host,
+            str(stack.smtp.port),
+            _mail(cs, bob),
+            _mail(cs, carol),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert sender.stdout is not None
+        assert sender.stdout.readline() == b"ready\n"
+        frozen = stack.freeze(sender.pid)
+        assert len(frozen.connections) == 1 and (cs, bob) not in frozen.recorded
+        with smtplib.SMTP(stack.smtp.host, stack.smtp.port, timeout=30) as successor:
+            successor.sendmail("noreply@example.org", [bob], _mail(cs, bob))
+            successor.sendmail("noreply@example.org", [dave], _mail(cs, dave))
+        now = utcnow()
+        with stack.db.write() as conn:
+            ledger.sync(conn, cs, [(bob, None, "assignee")], now)
+            ledger.record(conn, cs, [Outcome(bob, DeliveryStatus.SENT, "250 OK")], now)
+        assert (cs, bob) in stack.recorded()
+        assert stack.in_flight(frozen) == 2
+        assert stack.kill_frozen(frozen) == 1
+        assert sender.wait(timeout=DEADLINE) == -signal.SIGKILL
+    finally:
+        if sender.poll() is None:
+            sender.kill()
+            sender.wait()
+        if sender.stdout is not None:
+            sender.stdout.close()
+    assert stack.duplicates() == {f"<herald.cs{cs}.bob@example.org>": 2}
+
+
 def test_a_killed_workers_jobs_go_to_the_live_one_at_once_not_after_the_lease(make_stack):
     """With a 60 s lease, only the supervisor's hand-back can deliver the dead worker's jobs this soon."""
-    stack: Stack = make_stack(HERALD_LEASE_SECONDS="60")
+    stack: Stack = make_stack(HERALD_LEASE_SECONDS="60", HERALD_SMTP_TIMEOUT=HANG_OUTLASTS_THE_TEST)
     _, pid = _hang_mid_run(stack, ok=9, creations=10, updates=30)  # its worker is mid-job
     in_flight = stack.kill(pid)
     killed = time.monotonic()
@@ -94,12 +165,15 @@ def test_a_worker_frozen_past_its_lease_is_fenced_off_when_it_wakes(make_stack, 
     On PostgreSQL: a SQLite writer frozen inside a transaction holds the one write lock of the database
     and stalls every other writer until it wakes (SQLite's own lock does the same), so whether the others
     can take over during the freeze would depend on where the freeze landed."""
-    stack: Stack = make_stack(pg_url)
+    # The hung send must outlast the time until the freeze (seconds under load), and end once the worker
+    # is woken, so that it gets to its late writes.
+    stack: Stack = make_stack(pg_url, HERALD_SMTP_TIMEOUT="20")
     holder, pid = _hang_mid_run(stack, ok=4, creations=4, updates=4)
     hung = _changeset_held_by(stack, holder)
-    in_flight = stack.freeze(pid)
+    frozen = stack.freeze(pid)
     try:
         wait_until(lambda: _fence(stack, hung) >= 2, "another worker to take the hung changeset over")
+        in_flight = stack.in_flight(frozen)  # what it sent unrecorded, and what it will finish on waking
     finally:
         os.kill(pid, signal.SIGCONT)
     stack.wait_all_delivered()
@@ -257,13 +331,17 @@ def test_with_zero_workers_nothing_is_delivered_and_the_supervisor_says_so(make_
 
 def _hang_mid_run(stack: Stack, *, ok: int, creations: int, updates: int) -> tuple[str, int]:
     """Workers up, a burst of changes whose message number ``ok + 1`` hangs in DATA: return the holder
-    of a changeset being delivered, and its worker's pid."""
+    of the changeset whose message hangs, and its worker's pid. The hang lasts ``smtp_timeout``: the
+    stack's 5 s are over before a loaded machine gets to the kill, so the tests that need the worker
+    mid-send when it is killed set it longer than they run (:data:`HANG_OUTLASTS_THE_TEST`)."""
     stack.smtp.script_data(*["250 OK"] * ok, HANG)
     stack.start_workers()
     stack.wait_workers(2)
     stack.burst(creations=creations, updates=updates)
     wait_until(lambda: stack.smtp.data_count >= ok + 1, f"message {ok + 1} to hang")
-    holder = wait_until(lambda: _running_holder(stack), "the hung job's holder")
+    (hung,) = stack.smtp.refused_data  # the hanging message is the only one not answered 250
+    changeset_id = int(BytesParser(policy=policy.default).parsebytes(hung)["X-Herald-Changeset-ID"])
+    holder = wait_until(lambda: _running_holder(stack, changeset_id), "the hung job's holder")
     return holder, int(holder.split(":")[-2])
 
 
@@ -277,12 +355,14 @@ def _fence(stack: Stack, changeset_id: int) -> int:
         return s.scalar(select(Notification.fence).where(Notification.changeset_id == changeset_id))
 
 
-def _running_holder(stack: Stack) -> str | None:
+def _running_holder(stack: Stack, changeset_id: int) -> str | None:
     with stack.db.read() as s:
-        holders = s.scalars(
-            select(Notification.worker).where(Notification.state == NotificationState.RUNNING)
-        ).all()
-    return next((h for h in holders if h and ":worker-" in h), None)
+        holder = s.scalar(
+            select(Notification.worker).where(
+                Notification.changeset_id == changeset_id, Notification.state == NotificationState.RUNNING
+            )
+        )
+    return holder if holder and ":worker-" in holder else None
 
 
 def test_a_supervisor_whose_parent_dies_stops_its_workers_and_itself(stack: Stack):

@@ -37,7 +37,7 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage
@@ -118,7 +118,8 @@ class _Recorder:
         self.max_open = 0
         self.connections = 0
         self.open: set[SMTP] = set()
-        self.in_transaction: set[int] = set()  # sessions between an accepted MAIL and the end of DATA
+        # sessions between an accepted MAIL and the end of DATA -> their connection's number
+        self.in_transaction: dict[int, int] = {}
         self.rcpt_replies: dict[str, str] = {}
         self.mail_replies: deque[str] = deque()
         self.data_replies: deque[str] = deque()
@@ -145,7 +146,7 @@ class _Recorder:
         with self.cond:
             self.open.discard(proto)
             if proto.session is not None:
-                self.in_transaction.discard(id(proto.session))
+                self.in_transaction.pop(id(proto.session), None)
             self.cond.notify_all()
 
     # aiosmtpd hooks
@@ -165,7 +166,7 @@ class _Recorder:
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         with self.cond:
-            self.in_transaction.add(id(session))
+            self.in_transaction[id(session)] = server.number
         return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
@@ -179,7 +180,7 @@ class _Recorder:
 
     async def handle_RSET(self, server, session, envelope):
         with self.cond:
-            self.in_transaction.discard(id(session))
+            self.in_transaction.pop(id(session), None)
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
@@ -191,7 +192,7 @@ class _Recorder:
         if delay:
             await asyncio.sleep(delay)
         with self.cond:
-            self.in_transaction.discard(id(session))
+            self.in_transaction.pop(id(session), None)
             self.data_count += 1
             self.data_times.append(time.monotonic())
             reply = self.data_replies.popleft() if self.data_replies else "250 2.0.0 OK: queued"
@@ -326,6 +327,32 @@ class SmtpServer:
         """Mails begun (MAIL accepted) whose DATA has not ended: a client frozen now may still finish them."""
         with self._rec.cond:
             return len(self._rec.in_transaction)
+
+    def connections_from(self, ports: Collection[int]) -> frozenset[int]:
+        """The numbers of the open connections whose client port is one of ``ports`` (a process's
+        sockets): :attr:`ReceivedMail.connection` tells what came over them."""
+        with self._rec.cond:
+            return frozenset(
+                proto.number
+                for proto in self._rec.open
+                if proto.session is not None
+                and isinstance(proto.session.peer, tuple)
+                and proto.session.peer[1] in ports
+            )
+
+    def open_transactions_on(self, connections: Collection[int]) -> int:
+        """Like :attr:`open_transactions`, counting only those on the given connection numbers."""
+        with self._rec.cond:
+            return sum(1 for number in self._rec.in_transaction.values() if number in connections)
+
+    def wait_closed(self, connections: Collection[int], timeout: float = DEFAULT_WAIT) -> None:
+        """Block until none of the given connections is open (e.g. their client was killed): from then
+        on nothing more can arrive over them."""
+        with self._rec.cond:
+            if not self._rec.cond.wait_for(
+                lambda: not any(proto.number in connections for proto in self._rec.open), timeout
+            ):
+                pytest.fail(f"connection(s) {sorted(connections)} still open after {timeout}s")
 
     def wait_disconnected(self, timeout: float = DEFAULT_WAIT) -> None:
         """Block until no client connection is open (e.g. after the client's QUIT)."""

@@ -27,7 +27,7 @@ from herald.tracker.models import WorkerHeartbeat, utcnow
 from tests.support.smtp import SmtpServer
 from tests.support.waiting import wait_until
 
-__all__ = ["Tally", "WorkerProcesses", "clean_environment", "report"]
+__all__ = ["Frozen", "Tally", "WorkerProcesses", "clean_environment", "report"]
 
 
 def report(tag: str, line: str) -> None:
@@ -59,6 +59,15 @@ class Tally:
     def line(self, name: str) -> str:
         counts = f"sent={self.unique} lost={self.lost} duplicated={self.duplicated}"
         return f"{name}: expected={self.expected} {counts}"
+
+
+@dataclass(frozen=True)
+class Frozen:
+    """A process stopped by :meth:`WorkerProcesses.freeze`, as it stood at the stop."""
+
+    pid: int
+    connections: frozenset[int]  # its open connections to the SMTP server (the server's numbers)
+    recorded: frozenset[tuple[int, str]]  # (changeset, address) the ledger recorded as sent
 
 
 class WorkerProcesses:
@@ -127,47 +136,64 @@ class WorkerProcesses:
         return path.read_text() if path.exists() else ""
 
     # --- mails in flight -----------------------------------------------------------------------------
+    #
+    # A mail may come twice only if the process that sent it was stopped or killed before it recorded it.
+    # So the count is taken at the stop, over the stopped process's own SMTP connections: a successor that
+    # takes its changesets over while it is stopped (leases are seconds long) re-sends and records the same
+    # mails, which must not hide them, and the live workers' mails are not in flight.
 
-    def in_flight(self) -> int:
-        """Mails the server accepted whose delivery the ledger does not record as sent (yet): what a process
-        killed right now may have sent without recording it, the only mails a successor may send again."""
-        return len(self.in_flight_pairs())
-
-    def in_flight_pairs(self) -> set[tuple[int, str]]:
-        """The (changeset id, address) of each mail counted by :meth:`in_flight`."""
-        received = {(m.changeset_id, m.rcpt_tos[0]) for m in self.smtp.messages}
+    def recorded(self) -> frozenset[tuple[int, str]]:
+        """(changeset, address) of every delivery the ledger records as sent."""
         with self.db.read() as s:
-            sent = set(
-                s.execute(
-                    select(Delivery.changeset_id, Delivery.address).where(
-                        Delivery.status == DeliveryStatus.SENT
-                    )
-                ).all()
-            )
-        return received - {(cs, a) for cs, a in sent}
+            rows = s.execute(
+                select(Delivery.changeset_id, Delivery.address).where(Delivery.status == DeliveryStatus.SENT)
+            ).all()
+        return frozenset((cs, address) for cs, address in rows)
+
+    def in_flight(self, frozen: Frozen | None = None) -> int:
+        """The mails in flight of the process ``frozen`` describes: accepted by the server over its
+        connections (before or after the stop: the server goes on reading what it had written) and not
+        recorded as sent at the stop, plus those begun on them (MAIL accepted, DATA not ended), which it
+        completes if woken. Without ``frozen``: every accepted mail the ledger does not record (yet), over
+        all connections, which bounds what a fault right now may have cost."""
+        if frozen is None:
+            return len(self.in_flight_pairs())
+        return len(self.in_flight_pairs(frozen)) + self.smtp.open_transactions_on(frozen.connections)
+
+    def in_flight_pairs(self, frozen: Frozen | None = None) -> set[tuple[int, str]]:
+        """The (changeset id, address) of each accepted mail counted by :meth:`in_flight`."""
+        if frozen is None:
+            return {(m.changeset_id, m.rcpt_tos[0]) for m in self.smtp.messages} - self.recorded()
+        received = {
+            (m.changeset_id, m.rcpt_tos[0]) for m in self.smtp.messages if m.connection in frozen.connections
+        }
+        return received - frozen.recorded
+
+    def freeze(self, pid: int) -> Frozen:
+        """SIGSTOP ``pid`` and take stock at that instant: its open connections to the SMTP server and what
+        the ledger records as sent. A stopped process records nothing more, so what it sent and had not
+        recorded then is exactly what a successor may send again."""
+        os.kill(pid, signal.SIGSTOP)
+        wait_until(lambda: _stopped(pid), f"pid {pid} to stop")
+        connections = self.smtp.connections_from(_client_ports(pid, self.smtp.port))
+        return Frozen(pid, connections, self.recorded())
 
     def freeze_counting(self, pid: int) -> tuple[set[tuple[int, str]], int]:
-        """:meth:`freeze`, returning the mails in flight as (their pairs, how many were begun and not
-        finished: those have no pair yet)."""
-        os.kill(pid, signal.SIGSTOP)
-        time.sleep(1.0)  # under CI load the server may take a while to read what was already sent
-        return self.in_flight_pairs(), self.smtp.open_transactions
-
-    def freeze(self, pid: int) -> int:
-        """SIGSTOP ``pid``, let the server take in what it had already written, and return the mails in
-        flight: accepted by the server and not recorded as sent, or begun and not finished. Taken before
-        any successor can act (leases are seconds long, a frozen process is not seen as dead), so it
-        bounds what may be sent twice."""
-        # Accepted but not recorded, plus begun and not finished (a frozen sender completes those when it
-        # wakes; a killed one never does): an upper bound on what may come twice.
-        pairs, begun = self.freeze_counting(pid)
-        return len(pairs) + begun
+        """:meth:`freeze`, returning the mails in flight at the stop as (their pairs, how many were begun
+        and not finished: those have no pair yet)."""
+        frozen = self.freeze(pid)
+        return self.in_flight_pairs(frozen), self.smtp.open_transactions_on(frozen.connections)
 
     def kill(self, pid: int) -> int:
-        """Freeze ``pid`` (counting its mails in flight), then SIGKILL it; returns the count."""
-        in_flight = self.freeze(pid)
-        os.kill(pid, signal.SIGKILL)
-        return in_flight
+        """Freeze ``pid``, SIGKILL it, and return its mails in flight (see :meth:`kill_frozen`)."""
+        return self.kill_frozen(self.freeze(pid))
+
+    def kill_frozen(self, frozen: Frozen) -> int:
+        """SIGKILL a frozen process and return its mails in flight, counted once the server has seen its
+        connections close: nothing more of it can arrive then, and what it had begun is gone with it."""
+        os.kill(frozen.pid, signal.SIGKILL)
+        self.smtp.wait_closed(frozen.connections, timeout=self.deadline)
+        return self.in_flight(frozen)
 
     def duplicates(self) -> dict[str, int]:
         ids = Counter(m.message_id for m in self.smtp.messages)
@@ -183,3 +209,27 @@ class WorkerProcesses:
         for path in sorted(self.tmp_path.glob("supervisor-*.out")):
             print(f"--- {path.name} (last 200 lines) ---")
             print("\n".join(path.read_text(errors="replace").splitlines()[-200:]))
+
+
+def _stopped(pid: int) -> bool:
+    """Whether ``pid`` is stopped (SIGSTOP has taken effect): state ``T`` in ``/proc/<pid>/stat``."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2] == "T"
+
+
+def _client_ports(pid: int, server_port: int) -> set[int]:
+    """The local ports of ``pid``'s TCP connections to ``server_port`` on 127.0.0.1 (from ``/proc``: the
+    socket inodes among its file descriptors, matched in the kernel's connection table)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    ports = set()
+    remote = f"0100007F:{server_port:04X}"  # 127.0.0.1, as the kernel writes it (little-endian)
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[2] == remote and fields[9] in inodes:
+            ports.add(int(fields[1].split(":")[1], 16))
+    return ports
