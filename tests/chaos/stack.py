@@ -70,8 +70,10 @@ class Frontend:
         if self.process.poll() is not None:
             raise AssertionError(f"herald serve exited with {self.process.returncode}; see {self.tmp_path}")
         try:
-            return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
-        except httpx.TransportError:
+            # Up means answering with its database reachable; "degraded" (503) only says workers or relays are
+            # down, which they may be here (the front end is restarted on its own).
+            return httpx.get(f"{self.url}/healthz", timeout=2).json().get("database") == "ok"
+        except (httpx.TransportError, ValueError):
             return False
 
     def kill(self) -> None:
