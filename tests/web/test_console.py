@@ -161,6 +161,7 @@ class TestActions:
         ("body", "status"),
         [
             ("job_id=../../etc", 400),
+            ("job_id=entry-0/../1-0", 400),
             ("job_id=a%20b", 400),
             ("job_id=", 400),
             ("", 400),

@@ -43,8 +43,8 @@ CONSOLE_HEADERS = {
 }
 POLL_MS = 5000
 #: A dead letter's id: a job id (32 hex digits), or what a backend names a malformed entry by
-#: (``entry-<stream id>``, a row id): printable, no spaces, bounded.
-_LETTER_ID = re.compile(r"[A-Za-z0-9._:-]{1,200}")
+#: (``entry-<shard>/<stream id>`` in Redis, a row id in SQL): printable, no spaces, bounded.
+_LETTER_ID = re.compile(r"[A-Za-z0-9._:-]{1,200}|entry-[0-9]{1,3}/[0-9]{1,20}-[0-9]{1,20}")
 _DIGITS = re.compile(r"[0-9]{1,19}")  # not str.isdigit: it takes "²", which int() refuses
 _SCRIPT = files("herald.web").joinpath("static/console.js").read_bytes()
 _NOTES = {
