@@ -213,7 +213,7 @@ def test_dead_letters(checked):
     stack.wait_workers(2)
     client = stack.redis.client()
     since = time.monotonic()
-    keys = RedisKeys(stack.settings.redis_namespace)
+    keys = RedisKeys(stack.settings.redis_namespace, stack.settings.queue_shards).shard(0)
     client.xadd(keys.stream, {JOB_FIELD: b'{"v": 1, "id": "nope"}'})
     client.zadd(keys.live, {"garbage-enqueue-time": 0})  # 1970: the oldest age must not read 57 years
     client.close()
