@@ -37,7 +37,8 @@ def make_engine(url: str, *, echo: bool = False, reader: bool = False) -> Engine
 #: locks, a notification's say, in an open transaction: the server ends the session — and rolls back —
 #: once its peer stopped answering TCP keepalives (about 10 + 3 * 5 s) or the transaction idled 5 s (herald
 #: never idles inside one), instead of keeping the locks from its successor until the operating system
-#: gives up on the peer, hours later.
+#: gives up on the peer, hours later. The SQL queue's engine sets the same (``herald.queue.sql_engine``): the
+#: queue may not import the tracker, so each part states them.
 SESSION_LIMITS = (
     "SET idle_in_transaction_session_timeout = 5000",
     "SET tcp_keepalives_idle = 10",
