@@ -129,6 +129,9 @@ def _server_argv(binary: str, port: int, password: str, directory: Path, *extra:
         "--save", "",
         "--dir", str(directory),
         "--daemonize", "no",
+        # Sync a new replica at once (the default waits 5 s for more replicas, and a master killed in that
+        # window leaves a replica that never synced and so may not fail over).
+        "--repl-diskless-sync-delay", "0",
         *extra,
     ]  # fmt: skip
 
@@ -286,9 +289,42 @@ class ClusterSet:
             check=True, capture_output=True, timeout=60,
         )  # fmt: skip
         _wait(self._healthy, "the cluster to be ready")
+        # cluster_state:ok says nothing of replication: a replica that has not finished its first sync when
+        # its master dies never fails over ("Disconnected from master for longer than allowed").
+        for node in self.nodes:
+            if self.is_master(node.port):
+                self.wait_replica_in_sync(node)
 
     def client(self, node: Node) -> redis.Redis:
         return redis.Redis(port=node.port, password=self.password, socket_timeout=5)
+
+    def _replica_in_sync(self, master: Node) -> bool:
+        """Whether a live replica of ``master`` has its link up, its first sync done and no lag."""
+        with contextlib.closing(self.client(master)) as client:
+            info = client.info("replication")
+        if info["role"] != "master":
+            return False
+        replicas = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+        for replica in replicas:
+            if replica.get("state") != "online" or int(replica.get("lag", 99)) > 1:
+                continue
+            node = next((n for n in self.nodes if n.port == int(replica["port"]) and n.alive), None)
+            if node is None:
+                continue
+            with contextlib.closing(self.client(node)) as client:
+                mine = client.info("replication")
+            if (
+                mine["role"] == "slave"
+                and mine.get("master_port") == master.port
+                and mine.get("master_link_status") == "up"
+                and not int(mine.get("master_sync_in_progress", 0))
+            ):
+                return True
+        return False
+
+    def wait_replica_in_sync(self, master: Node, timeout: float = STARTUP_SECONDS) -> None:
+        """Wait until ``master`` has a live replica that is attached and caught up (so it may fail over)."""
+        _wait(lambda: self._replica_in_sync(master), f"a replica of {master.name} to be in sync", timeout)
 
     def cluster_client(self) -> redis.RedisCluster:
         return redis.RedisCluster.from_url(self.url(), socket_timeout=5)
@@ -333,6 +369,9 @@ class ClusterSet:
         return len(masters) == 3
 
     def kill(self, node: Node) -> None:
+        """SIGKILL ``node``; a master only once a replica is in sync, so that one can take over."""
+        if self.is_master(node.port):
+            self.wait_replica_in_sync(node)
         node.stop(signal.SIGKILL)
 
     def wait_failover(self, old: Node, timeout: float = 60.0) -> None:
