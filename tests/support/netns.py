@@ -72,8 +72,11 @@ class Namespace:
                 "socat",
                 # TCP keepalive towards the namespace: a forwarder whose peer vanished closes both sides
                 # within seconds, as a server's own keepalive would end the session of a vanished host.
+                # Keepalive probes are not sent while data towards the namespace is unacknowledged (the
+                # server answered a query after the cut): there TCP_USER_TIMEOUT (level 6, option 18,
+                # ms) ends it, as the server's own tcp_user_timeout would (herald's SESSION_LIMITS).
                 f"TCP-LISTEN:{port},bind={self.host_addr},fork,reuseaddr,keepalive,keepidle=1,"
-                "keepintvl=1,keepcnt=2",
+                "keepintvl=1,keepcnt=2,sockopt-int=6:18:3000",
                 f"TCP:127.0.0.1:{port}",
             ],
             stdout=subprocess.DEVNULL,

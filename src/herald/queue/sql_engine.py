@@ -51,6 +51,9 @@ SESSION_LIMITS = (
     "SET tcp_keepalives_idle = 10",
     "SET tcp_keepalives_interval = 5",
     "SET tcp_keepalives_count = 3",
+    # Keepalives are not sent while data the server wrote stays unacknowledged (retransmission): a host
+    # cut off while the server answers it would hold its locks until the kernel gives up (~15 min).
+    "SET tcp_user_timeout = 25000",
 )
 
 

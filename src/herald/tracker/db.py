@@ -35,15 +35,22 @@ def make_engine(url: str, *, echo: bool = False, reader: bool = False) -> Engine
 
 #: Limits on each of herald's PostgreSQL sessions, for a host that vanishes (a network cut) holding row
 #: locks, a notification's say, in an open transaction: the server ends the session — and rolls back —
-#: once its peer stopped answering TCP keepalives (about 10 + 3 * 5 s) or the transaction idled 5 s (herald
-#: never idles inside one), instead of keeping the locks from its successor until the operating system
-#: gives up on the peer, hours later. The SQL queue's engine sets the same (``herald.queue.sql_engine``): the
-#: queue may not import the tracker, so each part states them.
+#: once its peer stopped answering TCP keepalives (about 10 + 3 * 5 s), or left 25 s of the server's answer
+#: unacknowledged (tcp_user_timeout: keepalives wait while data is in flight), or the transaction idled 5 s
+#: (herald never idles inside one), instead of keeping the locks from its successor until the operating
+#: system gives up on the peer, 15 min to hours later. The idle timer alone is not enough: PostgreSQL arms
+#: it only when it sends ReadyForQuery, and the Flush message psycopg's pipeline (an executemany) sends
+#: after its Sync disarms it until the next statement — which a cut host never sends.
+#: The SQL queue's engine sets the same (``herald.queue.sql_engine``): the queue may not import the
+#: tracker, so each part states them.
 SESSION_LIMITS = (
     "SET idle_in_transaction_session_timeout = 5000",
     "SET tcp_keepalives_idle = 10",
     "SET tcp_keepalives_interval = 5",
     "SET tcp_keepalives_count = 3",
+    # Keepalives are not sent while data the server wrote stays unacknowledged (retransmission): a host
+    # cut off while the server answers it would hold its locks until the kernel gives up (~15 min).
+    "SET tcp_user_timeout = 25000",
 )
 
 
