@@ -18,6 +18,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -165,13 +166,20 @@ def _run(
     hosts = {group.host: group for group in by_host(stack.db)}
     assert {len(hosts["host-a"].workers), len(hosts["host-b"].workers)} == {2}
 
-    stack.burst(creations=10, updates=30)
-    held = wait_until(lambda: _running_locks(stack, "host-a"), "host-a in the middle of deliveries")
+    # The load runs while we watch for host-a holding deliveries: on a loaded machine a burst sent first
+    # can be delivered in full before the watch begins, and then host-a is never seen mid-delivery.
+    load = threading.Thread(target=stack.burst, kwargs={"creations": 10, "updates": 30}, name="burst")
+    load.start()
+    held = wait_until(
+        lambda: _running_locks(stack, "host-a"), "host-a in the middle of deliveries", timeout=DEADLINE
+    )
     cut_at = time.monotonic()
     cut(a)
     time.sleep(1.0)  # let the server take in what had reached it (as Stack.freeze does)
     held.update(_running_locks(stack, "host-a"))
     in_flight = _in_flight(stack, held)
+    load.join(timeout=DEADLINE)
+    assert not load.is_alive(), "the burst of changes did not finish"
 
     stack.burst(creations=2, updates=8)  # the load goes on while host-a is away
     wait_until(lambda: _leader_is(stack, "host-b"), "host-b takes the relay over", timeout=DEADLINE)
