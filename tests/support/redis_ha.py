@@ -422,45 +422,37 @@ class ClusterSet:
             node.stop()
 
 
-@pytest.fixture(scope="session")
-def shared_sentinel_set(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSet]:
-    """A Sentinel deployment shared by the tests that do not hurt it (each uses its own namespace)."""
-    made = SentinelSet(tmp_path_factory.mktemp("sentinel-shared"))
+_Set = TypeVar("_Set", "SentinelSet", "ClusterSet")
+
+
+def _running(made: _Set) -> Iterator[_Set]:
+    """Start ``made`` for a fixture and stop it after, even when the test fails."""
     try:
         made.start()
         yield made
     finally:
         made.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_sentinel_set(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSet]:
+    """A Sentinel deployment shared by the tests that do not hurt it (each uses its own namespace)."""
+    yield from _running(SentinelSet(tmp_path_factory.mktemp("sentinel-shared")))
 
 
 @pytest.fixture(scope="session")
 def shared_cluster_set(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterSet]:
     """A Redis Cluster shared by the tests that do not hurt it (each uses its own namespace)."""
-    made = ClusterSet(tmp_path_factory.mktemp("cluster-shared"))
-    try:
-        made.start()
-        yield made
-    finally:
-        made.stop()
+    yield from _running(ClusterSet(tmp_path_factory.mktemp("cluster-shared")))
 
 
 @pytest.fixture
 def redis_sentinel_set(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSet]:
     """A fresh Sentinel deployment for one test (which may kill its master)."""
-    made = SentinelSet(tmp_path_factory.mktemp("sentinel"))
-    try:
-        made.start()
-        yield made
-    finally:
-        made.stop()
+    yield from _running(SentinelSet(tmp_path_factory.mktemp("sentinel")))
 
 
 @pytest.fixture
 def redis_cluster_set(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterSet]:
     """A fresh six-node Redis Cluster for one test (which may kill or reshard its nodes)."""
-    made = ClusterSet(tmp_path_factory.mktemp("cluster"))
-    try:
-        made.start()
-        yield made
-    finally:
-        made.stop()
+    yield from _running(ClusterSet(tmp_path_factory.mktemp("cluster")))

@@ -20,8 +20,9 @@ import time
 from collections.abc import Callable
 
 from herald.config import Settings
+from herald.worker.supervisor import describe_exit
 
-__all__ = ["SupervisorKeeper", "describe_exit", "probe_smtp"]
+__all__ = ["SupervisorKeeper", "probe_smtp"]
 
 log = logging.getLogger("herald.up")
 
@@ -29,15 +30,6 @@ RESTART_BASE_SECONDS = 0.5
 RESTART_MAX_SECONDS = 30.0
 HEALTHY_AFTER_SECONDS = 60.0
 POLL_SECONDS = 0.2
-
-
-def describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            return f"signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"signal {-code}"
-    return f"code {code}"
 
 
 class SupervisorKeeper:

@@ -53,7 +53,7 @@ from herald.worker.leader import RELAY, Leadership
 from herald.worker.relay import Relay
 from herald.worker.sdnotify import Notifier
 
-__all__ = ["Supervisor", "workers_wanted"]
+__all__ = ["Supervisor", "describe_exit", "workers_wanted"]
 
 log = logging.getLogger("herald.supervisor")
 
@@ -276,7 +276,7 @@ class Supervisor:
                 "worker-%d (pid %d) exited with %s after %.1fs; restarting in %.1fs",
                 slot.worker_id,
                 process.pid,
-                _describe_exit(code),
+                describe_exit(code),
                 ran,
                 delay,
             )
@@ -357,7 +357,7 @@ class Supervisor:
                 log.error("worker-%d (pid %d) did not stop in time; killing it", slot.worker_id, process.pid)
                 process.kill()
                 code = process.wait()
-            log.info("worker-%d (pid %d) exited with %s", slot.worker_id, process.pid, _describe_exit(code))
+            log.info("worker-%d (pid %d) exited with %s", slot.worker_id, process.pid, describe_exit(code))
             slot.process = None
 
 
@@ -366,7 +366,8 @@ def _heartbeat_names(db: Database) -> list[str]:
         return list(session.scalars(select(WorkerHeartbeat.name).where(WorkerHeartbeat.kind == "worker")))
 
 
-def _describe_exit(code: int) -> str:
+def describe_exit(code: int) -> str:
+    """How a child process ended, for the log: ``code 3`` or ``signal SIGKILL``."""
     if code < 0:
         try:
             return f"signal {signal.Signals(-code).name}"
