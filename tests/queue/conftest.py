@@ -99,15 +99,7 @@ def _redis_backend(server: RedisServer, namespace: str, shards: int) -> Backend:
 
 
 def _sentinel_backend(deployment: SentinelSet) -> Backend:
-    env = deployment.env()
-    settings = Settings(
-        queue_backend="redis",
-        redis_sentinels=env["HERALD_REDIS_SENTINELS"],
-        redis_sentinel_master=deployment.master_name,
-        redis_sentinel_password=deployment.sentinel_password,
-        redis_password=deployment.password,
-        redis_namespace=f"t-{uuid.uuid4().hex[:12]}",
-    )
+    settings = deployment.settings(f"t-{uuid.uuid4().hex[:12]}")
     client = deployment.client(deployment.master())
     backend = redis_backend("sentinel", settings, [client], client)
     backend.cleanups.append(client.close)

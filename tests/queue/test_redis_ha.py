@@ -44,15 +44,7 @@ def test_health_check_reads_a_cluster_and_a_sentinel_master(
 
 
 def test_a_sentinel_client_finds_the_master(shared_sentinel_set: SentinelSet) -> None:
-    env = shared_sentinel_set.env()
-    settings = Settings(
-        queue_backend="redis",
-        redis_sentinels=env["HERALD_REDIS_SENTINELS"],
-        redis_sentinel_master=shared_sentinel_set.master_name,
-        redis_sentinel_password=shared_sentinel_set.sentinel_password,
-        redis_password=shared_sentinel_set.password,
-        redis_namespace="sentinel-find",
-    )
+    settings = shared_sentinel_set.settings("sentinel-find")
     with make_queue(settings) as queue:
         queue.enqueue(job := Job.new(1))
         claimed = queue.claim("w", timeout=1)

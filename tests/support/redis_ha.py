@@ -21,6 +21,7 @@ from typing import TypeVar
 import pytest
 import redis
 
+from herald.config import Settings
 from tests.support.services import free_port, service_missing
 
 T = TypeVar("T")
@@ -161,6 +162,17 @@ class SentinelSet:
             "HERALD_REDIS_SENTINEL_PASSWORD": self.sentinel_password,
             "HERALD_REDIS_PASSWORD": self.password,
         }
+
+    def settings(self, namespace: str) -> Settings:
+        """herald's settings for a Redis queue on this deployment, under its own key ``namespace``."""
+        return Settings(
+            queue_backend="redis",
+            redis_sentinels=self.sentinel_addresses,
+            redis_sentinel_master=self.master_name,
+            redis_sentinel_password=self.sentinel_password,
+            redis_password=self.password,
+            redis_namespace=namespace,
+        )
 
     def start(self) -> None:
         server, sentinel = _binary("redis-server"), _binary("redis-sentinel")

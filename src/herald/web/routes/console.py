@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import logging
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib.resources import files
 from typing import Annotated, Any
@@ -311,23 +312,28 @@ def _redirect(back: str, note: str, n: int) -> Response:
     )
 
 
-@router.post("/admin/dead/retry")
-async def retry_dead(request: Request, runtime: RuntimeDep) -> Response:
+async def _dead_letter_action(
+    request: Request, runtime: RuntimeDep, act: Callable[[str | None], int], verb: str, notes: tuple[str, str]
+) -> Response:
+    """Retry or discard one dead letter (``job_id``) or all (``all=1``), then back to the page with a note."""
     job_id, back = await _action(request, runtime)
     try:
-        n = runtime.queue.requeue_dead(job_id)
+        n = act(job_id)
     except QueueError as exc:
         raise HTTPException(503, f"the queue cannot be reached: {exc}") from None
-    log.info("admin console: requeued %d dead letter(s) (%s)", n, job_id or "all")
-    return _redirect(back, "retried" if n else "retry-none", n)
+    log.info("admin console: %s %d dead letter(s) (%s)", verb, n, job_id or "all")
+    return _redirect(back, notes[0] if n else notes[1], n)
+
+
+@router.post("/admin/dead/retry")
+async def retry_dead(request: Request, runtime: RuntimeDep) -> Response:
+    return await _dead_letter_action(
+        request, runtime, runtime.queue.requeue_dead, "requeued", ("retried", "retry-none")
+    )
 
 
 @router.post("/admin/dead/discard")
 async def discard_dead(request: Request, runtime: RuntimeDep) -> Response:
-    job_id, back = await _action(request, runtime)
-    try:
-        n = runtime.queue.purge_dead(job_id)
-    except QueueError as exc:
-        raise HTTPException(503, f"the queue cannot be reached: {exc}") from None
-    log.info("admin console: discarded %d dead letter(s) (%s)", n, job_id or "all")
-    return _redirect(back, "discarded" if n else "discard-none", n)
+    return await _dead_letter_action(
+        request, runtime, runtime.queue.purge_dead, "discarded", ("discarded", "discard-none")
+    )
